@@ -1,0 +1,276 @@
+"""Derived template context: the one place that knows what each answer implies.
+
+The generated code is made of *concepts* (the settings, the DB session, the items
+service, ...). Each concept is written once, as a partial in ``template/_partials``.
+A layout is only a map from concept to module: the same partials, placed in different
+files. From the answers this hook computes:
+
+* ``mod``: concept -> module, for the chosen layout (partials import through it);
+* ``modules``: module -> the partials it holds, for the concepts the answers need;
+* ``packages``: the packages those modules need (the template's directory names test
+  membership in ``modules`` and ``packages``, so a file exists only when it has code);
+* the dependency lists of the generated ``pyproject.toml``, and a few flags.
+
+Everything is a pure function of the answers (tested in ``tests/test_extensions.py``)
+except the secret key, which is fresh on every render and only ever written to the
+git-ignored ``.env``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+from copier_template_extensions import ContextHook
+
+LAYOUTS = ("small", "medium", "large")
+
+# Where each shared concept lives, per layout. Feature concepts are added below.
+_SHARED_MODULES: dict[str, dict[str, str]] = {
+    "small": {
+        "main": "app.main",
+        "config": "app.config",
+        "settings_dep": "app.config",
+        "logging": "app.logging",
+        "errors": "app.errors",
+        "db_base": "app.db",
+        "db_session": "app.db",
+        "session_dep": "app.db",
+        "pagination": "app.schemas",
+        "security": "app.security",
+        "auth_deps": "app.dependencies",
+        "jobs_deps": "app.dependencies",
+        "health_routes": "app.main",
+    },
+    "medium": {
+        "main": "app.main",
+        "config": "app.core.config",
+        "settings_dep": "app.core.config",
+        "logging": "app.core.logging",
+        "errors": "app.core.errors",
+        "db_base": "app.core.db",
+        "db_session": "app.core.db",
+        "session_dep": "app.core.db",
+        "pagination": "app.core.pagination",
+        "security": "app.core.security",
+        "auth_deps": "app.auth.dependencies",
+        "jobs_deps": "app.jobs.dependencies",
+        "health_routes": "app.health.router",
+    },
+    "large": {
+        "main": "app.main",
+        "config": "app.core.config",
+        "settings_dep": "app.api.deps",
+        "logging": "app.core.logging",
+        "errors": "app.core.errors",
+        "db_base": "app.db.base",
+        "db_session": "app.db.session",
+        "session_dep": "app.api.deps",
+        "pagination": "app.schemas.pagination",
+        "security": "app.core.security",
+        "auth_deps": "app.api.deps",
+        "jobs_deps": "app.api.deps",
+        "health_routes": "app.api.health",
+        "api_router": "app.api.v1.router",
+    },
+}
+
+# Feature -> (large model module, large schema module, large repository module).
+# ``auth`` is the feature that owns refresh tokens and the token endpoints.
+_FEATURES: dict[str, tuple[str, str, str]] = {
+    "users": ("user", "user", "users"),
+    "auth": ("refresh_token", "token", "refresh_tokens"),
+    "items": ("item", "item", "items"),
+    "jobs": ("job", "job", "jobs"),
+}
+_FEATURE_PARTS = ("models", "schemas", "repository", "service", "routes")
+
+
+def module_map(layout: str) -> dict[str, str]:
+    """Where every concept lives in ``layout`` (``small``, ``medium`` or ``large``)."""
+    mod = dict(_SHARED_MODULES[layout])
+    for feature, (model, schema, repository) in _FEATURES.items():
+        if layout == "small":
+            places = ("app.models", "app.schemas", "app.services", "app.services", "app.main")
+        elif layout == "medium":
+            service = f"app.{feature}.service"
+            places = (
+                f"app.{feature}.models",
+                f"app.{feature}.schemas",
+                service,
+                service,
+                f"app.{feature}.router",
+            )
+        else:
+            places = (
+                f"app.models.{model}",
+                f"app.schemas.{schema}",
+                f"app.repositories.{repository}",
+                f"app.services.{feature}",
+                f"app.api.v1.endpoints.{feature}",
+            )
+        for part, place in zip(_FEATURE_PARTS, places, strict=True):
+            mod[f"{feature}_{part}"] = place
+    return mod
+
+
+# Every concept in the order it appears when several share a module, with the answer
+# flag that brings it in. The partial of concept ``a_b`` is ``_partials/a/b.py.jinja``
+# (``_partials/a.py.jinja`` for a one-word concept).
+CONCEPTS: tuple[tuple[str, str], ...] = (
+    ("config", "always"),
+    ("settings_dep", "always"),
+    ("logging", "always"),
+    ("errors", "always"),
+    ("db_base", "has_db"),
+    ("db_session", "has_db"),
+    ("session_dep", "has_db"),
+    ("pagination", "has_db"),
+    ("security", "has_jwt"),
+    ("users_models", "has_jwt"),
+    ("auth_models", "has_jwt"),
+    ("items_models", "has_db"),
+    ("jobs_models", "has_jobs"),
+    ("users_schemas", "has_jwt"),
+    ("auth_schemas", "has_jwt"),
+    ("items_schemas", "has_db"),
+    ("jobs_schemas", "has_jobs"),
+    ("users_repository", "has_jwt"),
+    ("users_service", "has_jwt"),
+    ("auth_repository", "has_jwt"),
+    ("auth_service", "has_jwt"),
+    ("items_repository", "has_db"),
+    ("items_service", "has_db"),
+    ("jobs_repository", "has_jobs"),
+    ("jobs_service", "has_jobs"),
+    ("auth_deps", "has_jwt"),
+    ("jobs_deps", "jobs_in_memory"),
+    ("main", "always"),
+    ("health_routes", "always"),
+    ("auth_routes", "has_jwt"),
+    ("users_routes", "has_jwt"),
+    ("items_routes", "has_db"),
+    ("jobs_routes", "has_jobs"),
+    ("api_router", "is_large"),
+)
+
+
+def partial_path(concept: str) -> str:
+    head, _, tail = concept.partition("_")
+    if head in _FEATURES and tail:
+        return f"template/_partials/{head}/{tail}.py.jinja"
+    return f"template/_partials/{concept}.py.jinja"
+
+
+def service_ref(layout: str, feature: str) -> tuple[str, str]:
+    """How a router imports a feature's service module, and the name it then uses."""
+    if layout == "small":
+        return "from app import services", "services"
+    if layout == "medium":
+        return f"from app.{feature} import service", "service"
+    return f"from app.services import {feature} as {feature}_service", f"{feature}_service"
+
+
+# Packages each answer brings into the generated pyproject.toml.
+RUNTIME_DEPENDENCIES: dict[str, tuple[str, ...]] = {
+    "base": ("fastapi[standard]>=0.165.0", "pydantic-settings>=2.16.0"),
+    "sqlalchemy": ("sqlalchemy[asyncio]>=2.1.0", "alembic>=1.20.0"),
+    "sqlite": ("aiosqlite>=0.22.0",),
+    "jwt": ("pyjwt>=2.15.0", "pwdlib[argon2]>=0.3.0"),
+}
+DEV_DEPENDENCIES: tuple[str, ...] = (
+    "mypy>=2.4.0",
+    "pre-commit>=4.0.0",
+    "pytest>=9.0.0",
+    "pytest-asyncio>=1.5.0",
+    "pytest-cov>=7.1.0",
+    "ruff>=0.17.0",
+)
+
+
+@lru_cache(maxsize=256)
+def _derive(
+    layout: str, db_library: str, db_engine: str, auth: str, background: str, python: str
+) -> dict[str, Any]:
+    has_db = db_library != "none"
+    flags = {
+        "always": True,
+        "has_db": has_db,
+        "has_jwt": auth == "jwt",
+        "has_jobs": background != "none",
+        "jobs_in_db": background != "none" and has_db,
+        "jobs_in_memory": background != "none" and not has_db,
+        "is_large": layout == "large",
+    }
+    mod = module_map(layout)
+    modules: dict[str, list[str]] = {}
+    for concept, flag in CONCEPTS:
+        if flags[flag]:
+            modules.setdefault(mod[concept], []).append(partial_path(concept))
+    packages = {
+        ".".join(module.split(".")[:depth])
+        for module in modules
+        for depth in range(2, module.count(".") + 1)
+    }
+
+    runtime = list(RUNTIME_DEPENDENCIES["base"])
+    if has_db:
+        runtime += RUNTIME_DEPENDENCIES[db_library] + RUNTIME_DEPENDENCIES[db_engine]
+    if flags["has_jwt"]:
+        runtime += RUNTIME_DEPENDENCIES["jwt"]
+    features = [
+        feature
+        for feature, flag in (
+            ("auth", "has_jwt"),
+            ("users", "has_jwt"),
+            ("items", "has_db"),
+            ("jobs", "has_jobs"),
+        )
+        if flags[flag]
+    ]
+    model_modules = sorted(
+        {mod[f"{feature}_models"] for feature in features if has_db}
+    )
+    return {
+        **flags,
+        "layout": layout,
+        "engine": db_engine if has_db else "none",
+        "features": features,
+        "mod": mod,
+        "modules": modules,
+        "packages": sorted(packages),
+        "model_modules": model_modules,
+        "service_import": {f: service_ref(layout, f)[0] for f in _FEATURES},
+        "service_name": {f: service_ref(layout, f)[1] for f in _FEATURES},
+        "runtime_dependencies": sorted(runtime, key=str.lower),
+        "dev_dependencies": list(DEV_DEPENDENCIES),
+        "py_target": "py" + python.replace(".", ""),
+    }
+
+
+def derive(answers: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything the templates need beyond the raw answers.
+
+    The hook also runs while questions are still being asked, so every answer is read
+    with a default: the derived values are only meaningful once all answers exist.
+    """
+    return dict(
+        _derive(
+            str(answers.get("project_size", "medium")),
+            str(answers.get("db_library", "sqlalchemy")),
+            str(answers.get("db_engine", "sqlite")),
+            str(answers.get("auth", "jwt")),
+            str(answers.get("background_tasks", "fastapi")),
+            str(answers.get("python_version", "3.12")),
+        )
+    )
+
+
+class ContextUpdater(ContextHook):
+    """Adds the derived values and a fresh secret key to every render context."""
+
+    def hook(self, context: dict[str, Any]) -> None:
+        context.update(derive(context))
+        context["generated_secret_key"] = secrets.token_urlsafe(48)
