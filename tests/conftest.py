@@ -1,0 +1,108 @@
+"""Fixtures of the template's own tests: isolated copier settings, renders, tools."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from functools import cache
+from pathlib import Path
+
+import pytest
+from copier import run_copy
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOL_TIMEOUT = 600
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_copier_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A developer's ~/.config/copier/settings.yml must not change what renders."""
+    settings = tmp_path_factory.mktemp("copier") / "settings.yml"
+    settings.write_text("{}\n")  # copier rejects an empty file
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COPIER_SETTINGS_PATH", str(settings))
+        yield
+
+
+def render(destination: Path, data: Mapping[str, str], **options: object) -> Path:
+    """Render this checkout (HEAD plus uncommitted changes) with ``data``."""
+    run_copy(
+        str(ROOT),
+        destination,
+        data=dict(data),
+        defaults=True,
+        unsafe=True,
+        quiet=True,
+        vcs_ref="HEAD",
+        **options,  # type: ignore[arg-type]
+    )
+    return destination
+
+
+def tool_env() -> dict[str, str]:
+    """The environment a generated project's tools run in: nothing of ours leaks in."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"VIRTUAL_ENV", "PYTHONPATH", "UV_PROJECT_ENVIRONMENT"}
+        and not key.startswith(("PYTEST_", "COV_CORE_", "COVERAGE_"))
+    }
+    env["UV_PYTHON_DOWNLOADS"] = "never"
+    env["UV_NO_PROGRESS"] = "1"
+    return env
+
+
+def run(*command: str | Path, cwd: Path, env: Mapping[str, str] | None = None) -> str:
+    """Run a command; on failure the assertion shows the end of its output."""
+    completed = subprocess.run(
+        [str(part) for part in command],
+        cwd=cwd,
+        env=dict(env or tool_env()),
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT,
+        check=False,
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, (
+        f"`{' '.join(map(str, command))}` failed in {cwd} "
+        f"(exit {completed.returncode}):\n{output[-6000:]}"
+    )
+    return output
+
+
+@cache
+def uv() -> str:
+    """The uv of this environment (a pyenv shim would follow .python-version files)."""
+    candidate = Path(sys.executable).parent / "uv"
+    found = str(candidate) if candidate.exists() else shutil.which("uv")
+    assert found, "uv is not installed: run the tests with `uv run pytest`"
+    return found
+
+
+@cache
+def python_for(version: str) -> str:
+    """An interpreter for ``version`` that really runs (pyenv shims may not)."""
+    candidates = [shutil.which(f"python{version}")]
+    pyenv = shutil.which("pyenv")
+    if pyenv:
+        root = subprocess.run(
+            [pyenv, "root"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        candidates += sorted(
+            str(path)
+            for path in Path(root, "versions").glob(f"{version}.*/bin/python{version}")
+        )
+    for candidate in filter(None, candidates):
+        probe = subprocess.run(
+            [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == version:
+            return candidate
+    pytest.fail(f"No Python {version} interpreter found; the variants need 3.11-3.13")

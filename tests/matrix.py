@@ -1,0 +1,165 @@
+"""The answer sets the template is tested with, derived from copier.yml itself.
+
+* ``valid_combinations()``: every combination of the choice questions that the
+  questionnaire accepts (questions hidden by ``when`` take their default; combinations a
+  validator refuses are left out). The sweep renders and lints each of them.
+* ``refused_combinations()``: those a validator refuses, with the validator's message.
+* ``covering_set()``: a small set of valid combinations in which every pair of answers
+  that can occur together occurs at least once, the default answers first. Each
+  variant is installed and runs its own test suite.
+
+Run ``python tests/matrix.py`` to print the covering set's ids, one per line (CI shards
+on them), or ``python tests/matrix.py --all`` for every valid combination.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jinja2 import Environment, StrictUndefined
+
+ROOT = Path(__file__).resolve().parent.parent
+COPIER_YML = ROOT / "copier.yml"
+
+Answers = dict[str, str]
+
+
+@dataclass(frozen=True)
+class ChoiceQuestion:
+    name: str
+    values: tuple[str, ...]
+    default: str
+    when: str | bool
+    validator: str
+
+
+_JINJA = Environment(
+    undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, autoescape=False
+)
+
+
+def _render(template: str, answers: Mapping[str, Any]) -> str:
+    return _JINJA.from_string(template).render(**answers).strip()
+
+
+@cache
+def questionnaire() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(COPIER_YML.read_text())
+    return {name: spec for name, spec in data.items() if not name.startswith("_")}
+
+
+@cache
+def choice_questions() -> tuple[ChoiceQuestion, ...]:
+    questions = []
+    for name, spec in questionnaire().items():
+        if not isinstance(spec, dict) or "choices" not in spec:
+            continue
+        choices = spec["choices"]
+        values = tuple(choices.values() if isinstance(choices, dict) else choices)
+        questions.append(
+            ChoiceQuestion(
+                name=name,
+                values=tuple(str(value) for value in values),
+                default=str(spec["default"]),
+                when=spec.get("when", True),
+                validator=spec.get("validator", ""),
+            )
+        )
+    return tuple(questions)
+
+
+def _asked(question: ChoiceQuestion, answers: Mapping[str, str]) -> bool:
+    if isinstance(question.when, bool):
+        return question.when
+    return _render(question.when, answers).lower() in {"true", "1", "yes"}
+
+
+def _combinations() -> Iterator[tuple[Answers, str]]:
+    """Every distinct answer set, with the first refusal message ("" if accepted)."""
+    questions = choice_questions()
+    seen: set[tuple[tuple[str, str], ...]] = set()
+    for values in itertools.product(*(q.values for q in questions)):
+        answers: Answers = {}
+        for question, value in zip(questions, values, strict=True):
+            asked = _asked(question, answers)
+            answers[question.name] = value if asked else question.default
+            if not asked and value != question.default:
+                break
+        else:
+            key = tuple(answers.items())
+            if key in seen:
+                continue
+            seen.add(key)
+            refusal = next(
+                (
+                    message
+                    for question in questions
+                    if question.validator
+                    and (message := _render(question.validator, answers))
+                ),
+                "",
+            )
+            yield answers, " ".join(refusal.split())
+
+
+def valid_combinations() -> list[Answers]:
+    return [answers for answers, refusal in _combinations() if not refusal]
+
+
+def refused_combinations() -> list[tuple[Answers, str]]:
+    return [(answers, refusal) for answers, refusal in _combinations() if refusal]
+
+
+def defaults() -> Answers:
+    answers: Answers = {}
+    for question in choice_questions():
+        answers[question.name] = question.default
+    return answers
+
+
+def copier_data(answers: Mapping[str, str]) -> Answers:
+    """The answers to pass to copier: only the questions it will ask."""
+    data: Answers = {}
+    for question in choice_questions():
+        if _asked(question, data | dict(answers)):
+            data[question.name] = answers[question.name]
+    return data
+
+
+def _pairs(answers: Mapping[str, str]) -> set[tuple[tuple[str, str], tuple[str, str]]]:
+    items = sorted(copier_data(answers).items())
+    return set(itertools.combinations(items, 2))
+
+
+def covering_set() -> list[Answers]:
+    """Greedy pairwise cover: deterministic, and always led by the defaults."""
+    candidates = valid_combinations()
+    uncovered = set().union(*(_pairs(answers) for answers in candidates))
+    chosen = [defaults()]
+    uncovered -= _pairs(chosen[0])
+    while uncovered:
+        best = max(candidates, key=lambda answers: len(_pairs(answers) & uncovered))
+        chosen.append(best)
+        uncovered -= _pairs(best)
+    return chosen
+
+
+def variant_id(answers: Mapping[str, str]) -> str:
+    """A readable id, e.g. ``medium-sqlalchemy-sqlite-jwt-fastapi-py3.12``."""
+    data = copier_data(answers)
+    parts = [data[q.name] for q in choice_questions() if q.name in data]
+    python = parts.pop(0) if "python_version" in data else ""
+    return "-".join(parts) + (f"-py{python}" if python else "")
+
+
+if __name__ == "__main__":
+    chosen = valid_combinations() if "--all" in sys.argv else covering_set()
+    for answers in chosen:
+        print(variant_id(answers))

@@ -1,0 +1,198 @@
+"""The Jinja extensions: the derived context and the Python module filter."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.matrix import valid_combinations
+
+
+def load(name: str) -> ModuleType:
+    """Load an extension the way copier-template-extensions does: by file path."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "extensions" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+context = load("context")
+pymodule = load("pymodule")
+
+DEFAULTS = {
+    "project_size": "medium",
+    "db_library": "sqlalchemy",
+    "db_engine": "sqlite",
+    "auth": "jwt",
+    "background_tasks": "fastapi",
+    "python_version": "3.12",
+}
+
+
+# --- the derived context -------------------------------------------------------
+
+
+def test_every_layout_places_every_concept_it_can_have() -> None:
+    shared = {concept for concept, flag in context.CONCEPTS if flag != "is_large"}
+    for layout in context.LAYOUTS:
+        assert shared <= set(context.module_map(layout))
+    assert "api_router" in context.module_map("large")
+
+
+@pytest.mark.parametrize(
+    ("layout", "concept", "module"),
+    [
+        ("small", "items_service", "app.services"),
+        ("small", "items_routes", "app.main"),
+        ("medium", "items_service", "app.items.service"),
+        ("medium", "items_repository", "app.items.service"),
+        ("medium", "session_dep", "app.core.db"),
+        ("large", "items_repository", "app.repositories.items"),
+        ("large", "items_service", "app.services.items"),
+        ("large", "items_routes", "app.api.v1.endpoints.items"),
+        ("large", "session_dep", "app.api.deps"),
+    ],
+)
+def test_layouts_place_concepts_where_the_design_says(
+    layout: str, concept: str, module: str
+) -> None:
+    assert context.module_map(layout)[concept] == module
+
+
+def test_no_database_brings_no_database_code_or_packages() -> None:
+    derived = context.derive({**DEFAULTS, "db_library": "none", "auth": "none"})
+
+    assert not any("sqlalchemy" in dep or "alembic" in dep for dep in derived["runtime_dependencies"])
+    assert "app.core.db" not in derived["modules"]
+    assert derived["features"] == ["jobs"]
+    assert derived["jobs_in_memory"]
+
+
+def test_defaults_bring_exactly_the_packages_they_use() -> None:
+    derived = context.derive(DEFAULTS)
+
+    names = {dep.split("[")[0].split(">")[0] for dep in derived["runtime_dependencies"]}
+    assert names == {
+        "aiosqlite",
+        "alembic",
+        "fastapi",
+        "pwdlib",
+        "pydantic-settings",
+        "pyjwt",
+        "sqlalchemy",
+    }
+
+
+def test_packages_include_every_parent_package() -> None:
+    derived = context.derive({**DEFAULTS, "project_size": "large"})
+
+    assert {"app.api", "app.api.v1", "app.api.v1.endpoints"} <= set(derived["packages"])
+
+
+def test_the_hook_reads_answers_that_do_not_exist_yet() -> None:
+    # Copier runs the hook while the questions are still being asked.
+    assert context.derive({})["layout"] == "medium"
+
+
+def template_modules() -> set[str]:
+    """Every module the template tree has a wrapper file for."""
+    modules = set()
+    for wrapper in (ROOT / "template" / "app").rglob("*.jinja"):
+        text = wrapper.read_text()
+        modules.add(text.split('python_module("', 1)[1].split('"', 1)[0])
+    return modules
+
+
+def test_every_module_an_answer_set_needs_has_a_wrapper_and_no_more() -> None:
+    needed = set()
+    for answers in valid_combinations():
+        needed |= set(context.derive(answers)["modules"])
+
+    assert needed == template_modules()
+
+
+# --- the pymodule filter --------------------------------------------------------
+
+
+def ruff_tidy(source: str, tmp_path: Path) -> str:
+    """What `ruff check --select I --fix` and `ruff format` make of ``source``."""
+    (tmp_path / "app").mkdir(exist_ok=True)
+    target = tmp_path / "app" / "module.py"
+    target.write_text(source)
+    config = ["--isolated", "--config", "lint.isort.known-first-party = ['app']"]
+    ruff = Path(sys.executable).parent / "ruff"
+    subprocess.run([ruff, "check", *config, "--select", "I", "--fix", "-q", target], check=False)
+    subprocess.run([ruff, "format", *config, "-q", target], check=True)
+    return target.read_text()
+
+
+MESSY = '''"""Doc."""
+from sqlalchemy import select, func
+from app.items.service import fetch_item
+import asyncio
+
+from app.core.db import Base
+from pydantic import BaseModel, Field, EmailStr, field_validator, ConfigDict, SecretStr, model_validator
+logger = 1
+
+
+
+# About f.
+async def f() -> None:
+    x = 1
+
+
+    return None
+from collections.abc import Sequence
+from app.services import items as items_service
+CONST = 2
+class A:
+    x: int = 1
+'''
+
+
+def test_pymodule_output_is_what_ruff_would_write(tmp_path: Path) -> None:
+    tidy = pymodule.format_module(MESSY, "app.other")
+
+    assert tidy == ruff_tidy(tidy, tmp_path)
+
+
+def test_pymodule_drops_imports_of_the_module_itself() -> None:
+    tidy = pymodule.format_module(MESSY, "app.items.service")
+
+    assert "from app.items.service import" not in tidy
+    assert "from app.core.db import Base" in tidy
+
+
+def test_pymodule_merges_imports_from_one_module() -> None:
+    source = "from a import x\nfrom a import y\nfrom a import x\n\nz = x, y\n"
+
+    assert pymodule.format_module(source, "app.m") == "from a import x, y\n\nz = x, y\n"
+
+
+def test_pymodule_names_the_module_when_a_partial_is_not_python() -> None:
+    with pytest.raises(ValueError, match=r"app\.broken does not render as Python"):
+        pymodule.format_module("def broken(:\n", "app.broken")
+
+
+def test_pymodule_reads_pep_695_syntax_on_any_renderer() -> None:
+    source = "from typing import Any\n\n\ndef first[T](items: list[T]) -> T:\n    return items[0]\n"
+
+    assert pymodule.format_module(source, "app.m") == source
+
+
+def test_quoted_is_a_valid_string_literal_everywhere() -> None:
+    value = 'Zoë\'s "API" \\ v2'
+
+    literal = pymodule.quoted(value)
+
+    assert eval(literal) == value  # Python
+    assert __import__("json").loads(literal) == value  # TOML/YAML basic strings

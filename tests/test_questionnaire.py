@@ -1,0 +1,136 @@
+"""The questionnaire: what it accepts, what it refuses and how, and the secret."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, render, tool_env
+from tests.matrix import defaults, refused_combinations, variant_id
+
+JWT_WITHOUT_DB = (
+    "auth=jwt keeps users in the database, but db_library=none has none: "
+    "choose db_library=sqlalchemy, or auth=none."
+)
+
+
+def test_defaults_render_the_documented_answers(copie: Any) -> None:
+    result = copie.copy()
+
+    assert result.exit_code == 0, result.exception
+    answers = yaml.safe_load((result.project_dir / ".copier-answers.yml").read_text())
+    assert {key: answers[key] for key in defaults()} == defaults()
+    assert answers["project_name"] == "My Service"
+    assert answers["project_slug"] == "my-service"
+
+
+def test_slug_is_derived_from_the_name(copie: Any) -> None:
+    result = copie.copy(extra_answers={"project_name": "Order Service (EU) v2"})
+
+    assert result.exit_code == 0, result.exception
+    assert result.answers["project_slug"] == "order-service-eu-v2"
+    assert 'name = "order-service-eu-v2"' in (result.project_dir / "pyproject.toml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("answers", "message"),
+    refused_combinations(),
+    ids=[variant_id(answers) for answers, _ in refused_combinations()],
+)
+def test_each_refused_combination_fails_with_its_sentence(
+    copie: Any, answers: dict[str, str], message: str
+) -> None:
+    result = copie.copy(extra_answers=answers)
+
+    assert result.exit_code != 0
+    assert message in " ".join(str(result.exception).split())
+
+
+def test_jwt_without_a_database_is_refused_by_its_sentence() -> None:
+    # Pins the wording users see, independently of copier.yml's own text.
+    assert all(message == JWT_WITHOUT_DB for _, message in refused_combinations())
+    assert refused_combinations(), "the questionnaire refuses nothing"
+
+
+@pytest.mark.parametrize(
+    ("answers", "message"),
+    [
+        ({"project_name": "  "}, "The project name cannot be empty."),
+        ({"project_slug": "My_Service"}, '"My_Service" is not a kebab-case name'),
+        ({"project_slug": "9lives"}, '"9lives" is not a kebab-case name'),
+        ({"author_email": "nobody"}, '"nobody" is not an email address'),
+    ],
+)
+def test_bad_text_answers_are_refused_with_a_reason(
+    copie: Any, answers: dict[str, str], message: str
+) -> None:
+    result = copie.copy(extra_answers=answers)
+
+    assert result.exit_code != 0
+    assert message in " ".join(str(result.exception).split())
+
+
+def test_a_value_the_template_does_not_offer_is_refused(copie: Any) -> None:
+    result = copie.copy(extra_answers={"auth": "oauth1"})
+
+    assert result.exit_code != 0
+
+
+def test_refusal_through_the_cli_with_data_writes_nothing(tmp_path: Path) -> None:
+    destination = tmp_path / "service"
+    completed = subprocess.run(
+        [
+            Path(sys.executable).parent / "copier",
+            "copy",
+            "--trust",
+            "--defaults",
+            "--vcs-ref=HEAD",
+            "--data=auth=jwt",
+            "--data=db_library=none",
+            ROOT,
+            destination,
+        ],
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+        check=False,
+    )
+
+    assert completed.returncode != 0
+    assert JWT_WITHOUT_DB in " ".join((completed.stdout + completed.stderr).split())
+    assert not destination.exists() or not any(destination.iterdir())
+
+
+def test_secret_key_is_only_in_the_git_ignored_env_file(tmp_path: Path) -> None:
+    project = render(tmp_path / "service", {})
+
+    env = dict(
+        line.split("=", 1)
+        for line in (project / ".env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    secret = env["SECRET_KEY"]
+    assert len(secret) >= 43  # 32 random bytes at least, url-safe base64
+    assert ".env" in (project / ".gitignore").read_text().splitlines()
+    assert "SECRET_KEY=change-me" in (project / ".env.example").read_text()
+    tracked = [path for path in project.rglob("*") if path.is_file() and path.name != ".env"]
+    assert not [path for path in tracked if secret in path.read_text(errors="ignore")]
+
+
+def test_every_render_gets_its_own_secret(tmp_path: Path) -> None:
+    first = render(tmp_path / "one", {})
+    second = render(tmp_path / "two", {})
+
+    assert (first / ".env").read_text() != (second / ".env").read_text()
+
+
+def test_no_secret_without_jwt(tmp_path: Path) -> None:
+    project = render(tmp_path / "service", {"auth": "none"})
+
+    assert "SECRET_KEY" not in (project / ".env").read_text()
+    assert "SECRET_KEY" not in (project / ".env.example").read_text()

@@ -1,0 +1,54 @@
+"""Promises the repository makes about itself: the README's quick start and CI."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+from tests.conftest import ROOT, tool_env
+
+
+def quick_start_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
+    assert block, "README's quick start has no bash block"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_quick_start_is_two_commands_render_then_test() -> None:
+    render_command, test_command = quick_start_commands()
+
+    assert "copier copy" in render_command and "--defaults" in render_command
+    assert test_command.startswith("python3 -m uv run pytest")
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    _, test_command = quick_start_commands()
+    script = (ROOT / ".ci" / "run").read_text().splitlines()
+
+    assert test_command in script
+
+
+def test_readme_render_command_renders_the_defaults(tmp_path: Path) -> None:
+    render_command, _ = quick_start_commands()
+    # Everything after installing uv, into a scratch directory instead of ../.
+    command = render_command.split(" && ", 1)[1].replace(
+        "../my-service", shlex.quote(str(tmp_path / "my-service"))
+    )
+
+    completed = subprocess.run(
+        ["bash", "-c", command],
+        cwd=ROOT,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    answers = (tmp_path / "my-service" / ".copier-answers.yml").read_text()
+    assert f"_src_path: {ROOT}" in answers  # absolute, so `copier update` works later
+    assert (tmp_path / "my-service" / "app" / "main.py").exists()

@@ -1,0 +1,120 @@
+"""Every valid combination of answers renders a clean, lint-free project with exactly
+the parts its answers ask for."""
+
+from __future__ import annotations
+
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import render, run
+from tests.matrix import copier_data, valid_combinations, variant_id
+
+COMBINATIONS = valid_combinations()
+JINJA_MARKERS = re.compile(r"\{%|%\}|\{\{|\{#")
+TEXT_SUFFIXES = {".py", ".toml", ".yml", ".yaml", ".md", ".ini", ".mako", ".example"}
+
+
+def ruff(*args: str | Path, cwd: Path) -> str:
+    return run(Path(sys.executable).parent / "ruff", *args, cwd=cwd)
+
+
+def text_files(project: Path) -> list[Path]:
+    return [
+        path
+        for path in project.rglob("*")
+        if path.is_file()
+        and (path.suffix in TEXT_SUFFIXES or path.name.startswith((".", "Dockerfile")))
+    ]
+
+
+def app_code(project: Path) -> str:
+    return "\n".join(path.read_text() for path in (project / "app").rglob("*.py"))
+
+
+def dependency_names(project: Path) -> set[str]:
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    return {
+        re.split(r"[\[<>=]", requirement, maxsplit=1)[0]
+        for requirement in pyproject["project"]["dependencies"]
+    }
+
+
+@pytest.fixture(params=COMBINATIONS, ids=[variant_id(a) for a in COMBINATIONS])
+def rendered(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[dict[str, str], Path]:
+    answers: dict[str, str] = request.param
+    return answers, render(tmp_path / "service", copier_data(answers))
+
+
+def test_render_is_clean_lint_free_and_has_only_what_was_chosen(
+    rendered: tuple[dict[str, str], Path],
+) -> None:
+    answers, project = rendered
+    has_db = answers["db_library"] != "none"
+    has_jwt = answers["auth"] == "jwt"
+    has_jobs = answers["background_tasks"] != "none"
+
+    # Nothing of the template machinery reaches the project.
+    for leftover in (".git", "copier.yml", "copier.yaml", "_partials", "extensions"):
+        assert not list(project.rglob(leftover)), leftover
+    for path in text_files(project):
+        text = path.read_text()
+        assert not JINJA_MARKERS.search(text), f"Jinja left in {path.relative_to(project)}"
+        if path.suffix not in {".py", ".mako"}:  # Python puts two blanks before a def
+            assert "\n\n\n" not in text, f"blank-line run in {path.name}"
+        if path.suffix == ".toml":
+            tomllib.loads(text)
+        if path.suffix in {".yml", ".yaml"}:
+            list(yaml.safe_load_all(text))
+
+    # The code passes the linters it ships with, under its own configuration.
+    ruff("check", "--no-cache", ".", cwd=project)
+    ruff("format", "--check", "--no-cache", ".", cwd=project)
+
+    # Exactly the dependencies the answers need.
+    expected = {"fastapi", "pydantic-settings"}
+    expected |= {"sqlalchemy", "alembic", "aiosqlite"} if has_db else set()
+    expected |= {"pyjwt", "pwdlib"} if has_jwt else set()
+    assert dependency_names(project) == expected
+
+    # Nothing of an option that was not chosen.
+    code = app_code(project)
+    assert ("sqlalchemy" in code) == has_db
+    assert (project / "alembic.ini").exists() == has_db
+    assert (project / "migrations").exists() == has_db
+    assert ("import jwt" in code) == has_jwt
+    assert ("OAuth2PasswordBearer" in code) == has_jwt
+    assert ("SECRET_KEY" in (project / ".env").read_text()) == has_jwt
+    assert ("BackgroundTasks" in code) == has_jobs
+    assert ('"/api/v1/jobs"' in code or 'prefix="/jobs"' in code) == has_jobs
+    compose = yaml.safe_load((project / "compose.yaml").read_text())
+    assert ("migrate" in compose["services"]) == has_db
+
+
+@pytest.mark.parametrize("layout", ["small", "medium", "large"])
+def test_each_layout_has_its_shape(tmp_path: Path, layout: str) -> None:
+    project = render(tmp_path / "service", {"project_size": layout})
+    app = project / "app"
+    packages = {path.parent.relative_to(app).as_posix() for path in app.rglob("__init__.py")}
+
+    if layout == "small":
+        assert packages == {"."}
+        assert {p.name for p in app.glob("*.py")} >= {"main.py", "config.py", "services.py"}
+        assert "@app.post(" in (app / "main.py").read_text()
+    elif layout == "medium":
+        assert {"core", "items", "auth", "users", "jobs", "health"} <= packages
+        assert not {"api", "services", "repositories", "models", "routers"} & packages
+        assert (app / "items" / "router.py").exists()
+        assert (app / "items" / "service.py").exists()
+    else:
+        assert {"api", "api/v1", "api/v1/endpoints", "services", "repositories"} <= packages
+        assert {"models", "schemas", "core", "db"} <= packages
+        assert "def create_app() -> FastAPI:" in (app / "main.py").read_text()
+        # Routers call services, services call repositories, never the other way.
+        for repository in (app / "repositories").glob("*.py"):
+            assert "app.services" not in repository.read_text()
+            assert "app.api" not in repository.read_text()
