@@ -93,7 +93,13 @@ def module_map(layout: str) -> dict[str, str]:
     mod = dict(_SHARED_MODULES[layout])
     for feature, (model, schema, repository) in _FEATURES.items():
         if layout == "small":
-            places = ("app.models", "app.schemas", "app.services", "app.services", "app.main")
+            places = (
+                "app.models",
+                "app.schemas",
+                "app.services",
+                "app.services",
+                "app.main",
+            )
         elif layout == "medium":
             service = f"app.{feature}.service"
             places = (
@@ -170,7 +176,10 @@ def service_ref(layout: str, feature: str) -> tuple[str, str]:
         return "from app import services", "services"
     if layout == "medium":
         return f"from app.{feature} import service", "service"
-    return f"from app.services import {feature} as {feature}_service", f"{feature}_service"
+    return (
+        f"from app.services import {feature} as {feature}_service",
+        f"{feature}_service",
+    )
 
 
 # Packages each answer brings into the generated pyproject.toml.
@@ -192,7 +201,12 @@ DEV_DEPENDENCIES: tuple[str, ...] = (
 
 @lru_cache(maxsize=256)
 def _derive(
-    layout: str, db_library: str, db_engine: str, auth: str, background: str, python: str
+    layout: str,
+    db_library: str,
+    db_engine: str,
+    auth: str,
+    background: str,
+    python: str,
 ) -> dict[str, Any]:
     has_db = db_library != "none"
     flags = {
@@ -230,9 +244,7 @@ def _derive(
         )
         if flags[flag]
     ]
-    model_modules = sorted(
-        {mod[f"{feature}_models"] for feature in features if has_db}
-    )
+    model_modules = sorted({mod[f"{feature}_models"] for feature in features if has_db})
     return {
         **flags,
         "layout": layout,

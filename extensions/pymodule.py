@@ -31,7 +31,9 @@ FIRST_PARTY = frozenset({"app", "tests", "migrations"})
 _SECTIONS = ("future", "stdlib", "thirdparty", "firstparty")
 _NATURAL_SPLIT = re.compile(r"(\d+)")
 # PEP 695 syntax, which a renderer older than Python 3.12 cannot parse.
-_TYPE_PARAMS = re.compile(r"^(\s*(?:async\s+def|def|class)\s+\w+)\[[^\]]*\]", re.MULTILINE)
+_TYPE_PARAMS = re.compile(
+    r"^(\s*(?:async\s+def|def|class)\s+\w+)\[[^\]]*\]", re.MULTILINE
+)
 _TYPE_ALIAS = re.compile(r"^type\s+(\w+)", re.MULTILINE)
 
 
@@ -170,7 +172,9 @@ def format_module(text: str, module: str) -> str:
         tree = _parse(source)
     except SyntaxError as error:
         numbered = "\n".join(f"{n:4} {line}" for n, line in enumerate(lines, 1))
-        raise ValueError(f"{module} does not render as Python: {error}\n{numbered}")
+        raise ValueError(
+            f"{module} does not render as Python: {error}\n{numbered}"
+        ) from error
 
     imports = _Imports(module)
     docstring: list[str] = []
@@ -211,7 +215,9 @@ def format_module(text: str, module: str) -> str:
     previous: ast.stmt | None = None
     for node, chunk, blanks_before in chunks:
         if out:
-            if _is_definition(node) or (previous is not None and _is_definition(previous)):
+            if _is_definition(node) or (
+                previous is not None and _is_definition(previous)
+            ):
                 blanks = 2
             elif previous is None:
                 blanks = 1

@@ -18,7 +18,9 @@ TOOL_TIMEOUT = 600
 
 
 @pytest.fixture(scope="session", autouse=True)
-def isolated_copier_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def isolated_copier_settings(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[None]:
     """A developer's ~/.config/copier/settings.yml must not change what renders."""
     settings = tmp_path_factory.mktemp("copier") / "settings.yml"
     settings.write_text("{}\n")  # copier rejects an empty file

@@ -16,8 +16,11 @@ from tests.matrix import valid_combinations
 
 def load(name: str) -> ModuleType:
     """Load an extension the way copier-template-extensions does: by file path."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "extensions" / f"{name}.py")
-    assert spec and spec.loader
+    spec = importlib.util.spec_from_file_location(
+        name, ROOT / "extensions" / f"{name}.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -70,7 +73,10 @@ def test_layouts_place_concepts_where_the_design_says(
 def test_no_database_brings_no_database_code_or_packages() -> None:
     derived = context.derive({**DEFAULTS, "db_library": "none", "auth": "none"})
 
-    assert not any("sqlalchemy" in dep or "alembic" in dep for dep in derived["runtime_dependencies"])
+    assert not any(
+        "sqlalchemy" in dep or "alembic" in dep
+        for dep in derived["runtime_dependencies"]
+    )
     assert "app.core.db" not in derived["modules"]
     assert derived["features"] == ["jobs"]
     assert derived["jobs_in_memory"]
@@ -129,7 +135,9 @@ def ruff_tidy(source: str, tmp_path: Path) -> str:
     target.write_text(source)
     config = ["--isolated", "--config", "lint.isort.known-first-party = ['app']"]
     ruff = Path(sys.executable).parent / "ruff"
-    subprocess.run([ruff, "check", *config, "--select", "I", "--fix", "-q", target], check=False)
+    subprocess.run(
+        [ruff, "check", *config, "--select", "I", "--fix", "-q", target], check=False
+    )
     subprocess.run([ruff, "format", *config, "-q", target], check=True)
     return target.read_text()
 

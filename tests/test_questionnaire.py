@@ -34,7 +34,10 @@ def test_slug_is_derived_from_the_name(copie: Any) -> None:
 
     assert result.exit_code == 0, result.exception
     assert result.answers["project_slug"] == "order-service-eu-v2"
-    assert 'name = "order-service-eu-v2"' in (result.project_dir / "pyproject.toml").read_text()
+    assert (
+        'name = "order-service-eu-v2"'
+        in (result.project_dir / "pyproject.toml").read_text()
+    )
 
 
 @pytest.mark.parametrize(
@@ -118,7 +121,9 @@ def test_secret_key_is_only_in_the_git_ignored_env_file(tmp_path: Path) -> None:
     assert len(secret) >= 43  # 32 random bytes at least, url-safe base64
     assert ".env" in (project / ".gitignore").read_text().splitlines()
     assert "SECRET_KEY=change-me" in (project / ".env.example").read_text()
-    tracked = [path for path in project.rglob("*") if path.is_file() and path.name != ".env"]
+    tracked = [
+        path for path in project.rglob("*") if path.is_file() and path.name != ".env"
+    ]
     assert not [path for path in tracked if secret in path.read_text(errors="ignore")]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import ROOT, tool_env
@@ -21,7 +22,8 @@ def quick_start_commands() -> list[str]:
 def test_quick_start_is_two_commands_render_then_test() -> None:
     render_command, test_command = quick_start_commands()
 
-    assert "copier copy" in render_command and "--defaults" in render_command
+    assert "copier copy" in render_command
+    assert "--defaults" in render_command
     assert test_command.startswith("python3 -m uv run pytest")
 
 
@@ -52,3 +54,16 @@ def test_readme_render_command_renders_the_defaults(tmp_path: Path) -> None:
     answers = (tmp_path / "my-service" / ".copier-answers.yml").read_text()
     assert f"_src_path: {ROOT}" in answers  # absolute, so `copier update` works later
     assert (tmp_path / "my-service" / "app" / "main.py").exists()
+
+
+def test_the_templates_own_code_is_lint_free() -> None:
+    ruff = Path(sys.executable).parent / "ruff"
+    for command in (["check"], ["format", "--check"]):
+        completed = subprocess.run(
+            [ruff, *command, "--no-cache", "extensions", "tests"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert completed.returncode == 0, completed.stdout + completed.stderr

@@ -45,7 +45,9 @@ def dependency_names(project: Path) -> set[str]:
 
 
 @pytest.fixture(params=COMBINATIONS, ids=[variant_id(a) for a in COMBINATIONS])
-def rendered(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[dict[str, str], Path]:
+def rendered(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> tuple[dict[str, str], Path]:
     answers: dict[str, str] = request.param
     return answers, render(tmp_path / "service", copier_data(answers))
 
@@ -63,7 +65,9 @@ def test_render_is_clean_lint_free_and_has_only_what_was_chosen(
         assert not list(project.rglob(leftover)), leftover
     for path in text_files(project):
         text = path.read_text()
-        assert not JINJA_MARKERS.search(text), f"Jinja left in {path.relative_to(project)}"
+        assert not JINJA_MARKERS.search(text), (
+            f"Jinja left in {path.relative_to(project)}"
+        )
         if path.suffix not in {".py", ".mako"}:  # Python puts two blanks before a def
             assert "\n\n\n" not in text, f"blank-line run in {path.name}"
         if path.suffix == ".toml":
@@ -99,11 +103,17 @@ def test_render_is_clean_lint_free_and_has_only_what_was_chosen(
 def test_each_layout_has_its_shape(tmp_path: Path, layout: str) -> None:
     project = render(tmp_path / "service", {"project_size": layout})
     app = project / "app"
-    packages = {path.parent.relative_to(app).as_posix() for path in app.rglob("__init__.py")}
+    packages = {
+        path.parent.relative_to(app).as_posix() for path in app.rglob("__init__.py")
+    }
 
     if layout == "small":
         assert packages == {"."}
-        assert {p.name for p in app.glob("*.py")} >= {"main.py", "config.py", "services.py"}
+        assert {p.name for p in app.glob("*.py")} >= {
+            "main.py",
+            "config.py",
+            "services.py",
+        }
         assert "@app.post(" in (app / "main.py").read_text()
     elif layout == "medium":
         assert {"core", "items", "auth", "users", "jobs", "health"} <= packages
@@ -111,7 +121,13 @@ def test_each_layout_has_its_shape(tmp_path: Path, layout: str) -> None:
         assert (app / "items" / "router.py").exists()
         assert (app / "items" / "service.py").exists()
     else:
-        assert {"api", "api/v1", "api/v1/endpoints", "services", "repositories"} <= packages
+        assert {
+            "api",
+            "api/v1",
+            "api/v1/endpoints",
+            "services",
+            "repositories",
+        } <= packages
         assert {"models", "schemas", "core", "db"} <= packages
         assert "def create_app() -> FastAPI:" in (app / "main.py").read_text()
         # Routers call services, services call repositories, never the other way.

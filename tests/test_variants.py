@@ -36,13 +36,21 @@ def test_variant_installs_and_passes_its_own_checks(
     def uv_run(*command: str) -> str:
         return run(uv(), "run", "--no-sync", *command, cwd=project, env=env)
 
-    run(uv(), "sync", "--python", python_for(answers["python_version"]), cwd=project, env=env)
+    run(
+        uv(),
+        "sync",
+        "--python",
+        python_for(answers["python_version"]),
+        cwd=project,
+        env=env,
+    )
     assert uv_run("python", "-c", "import sys; print(sys.version)").startswith(
         answers["python_version"]
     )
 
     tests = uv_run("pytest", "-q", "-p", "no:cacheprovider")
-    assert " passed" in tests and "Required test coverage of 95.0% reached" in tests
+    assert " passed" in tests
+    assert "Required test coverage of 95.0% reached" in tests
 
     checked = ["app", "tests"]
     if answers["db_library"] != "none":
