@@ -15,7 +15,8 @@ from tests.conftest import render, run
 from tests.matrix import copier_data, valid_combinations, variant_id
 
 COMBINATIONS = valid_combinations()
-JINJA_MARKERS = re.compile(r"\{%|%\}|\{\{|\{#")
+# Also `}}`: valid in Python, but it reads as template residue to people and tools.
+JINJA_MARKERS = re.compile(r"\{%|%\}|\{\{|\}\}|\{#")
 TEXT_SUFFIXES = {".py", ".toml", ".yml", ".yaml", ".md", ".ini", ".mako", ".example"}
 
 
