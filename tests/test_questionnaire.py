@@ -40,12 +40,21 @@ def test_slug_is_derived_from_the_name(copie: Any) -> None:
     )
 
 
+BAD_TEXT_ANSWERS = [
+    ({"project_name": "  "}, "The project name cannot be empty."),
+    ({"project_slug": "My_Service"}, '"My_Service" is not a kebab-case name'),
+    ({"project_slug": "9lives"}, '"9lives" is not a kebab-case name'),
+    ({"author_email": "nobody"}, '"nobody" is not an email address'),
+]
+REFUSALS = refused_combinations() + BAD_TEXT_ANSWERS
+
+
 @pytest.mark.parametrize(
     ("answers", "message"),
-    refused_combinations(),
-    ids=[variant_id(answers) for answers, _ in refused_combinations()],
+    REFUSALS,
+    ids=[variant_id(a) if "auth" in a else next(iter(a)) for a, _ in REFUSALS],
 )
-def test_each_refused_combination_fails_with_its_sentence(
+def test_each_refused_answer_fails_with_its_sentence(
     copie: Any, answers: dict[str, str], message: str
 ) -> None:
     result = copie.copy(extra_answers=answers)
@@ -56,26 +65,8 @@ def test_each_refused_combination_fails_with_its_sentence(
 
 def test_jwt_without_a_database_is_refused_by_its_sentence() -> None:
     # Pins the wording users see, independently of copier.yml's own text.
-    assert all(message == JWT_WITHOUT_DB for _, message in refused_combinations())
     assert refused_combinations(), "the questionnaire refuses nothing"
-
-
-@pytest.mark.parametrize(
-    ("answers", "message"),
-    [
-        ({"project_name": "  "}, "The project name cannot be empty."),
-        ({"project_slug": "My_Service"}, '"My_Service" is not a kebab-case name'),
-        ({"project_slug": "9lives"}, '"9lives" is not a kebab-case name'),
-        ({"author_email": "nobody"}, '"nobody" is not an email address'),
-    ],
-)
-def test_bad_text_answers_are_refused_with_a_reason(
-    copie: Any, answers: dict[str, str], message: str
-) -> None:
-    result = copie.copy(extra_answers=answers)
-
-    assert result.exit_code != 0
-    assert message in " ".join(str(result.exception).split())
+    assert all(message == JWT_WITHOUT_DB for _, message in refused_combinations())
 
 
 def test_a_value_the_template_does_not_offer_is_refused(copie: Any) -> None:
