@@ -1,0 +1,322 @@
+"""`copier update` from every earlier release keeps the user's work, and options can
+be switched on and off through it.
+
+The template is snapshotted into a clean clone that keeps (or re-creates, from
+releases.yml) the release tags, with this work tree committed on top and tagged
+TEST_TAG: so the tests see uncommitted changes, and Copier sees a real newer version.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from copier import run_copy, run_update
+
+from tests.conftest import ROOT, run, tool_env, uv
+
+RELEASES: list[dict[str, str]] = yaml.safe_load((ROOT / "releases.yml").read_text())
+TEST_TAG = "v999.0.0"  # above every real release, so Copier takes it as the newest
+IDENTITY = ["-c", "user.name=Template Tests", "-c", "user.email=tests@example.invalid"]
+
+ANSWER_SETS = {
+    "defaults": {},
+    "small-no-db": {"project_size": "small", "db_library": "none", "auth": "none"},
+    "large-open": {"project_size": "large", "auth": "none", "background_tasks": "none"},
+}
+
+
+def git(*args: str | Path, cwd: Path) -> str:
+    return run("git", *IDENTITY, *args, cwd=cwd)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    path: Path
+    tag: str
+
+
+@pytest.fixture(scope="session")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Snapshot:
+    path = tmp_path_factory.mktemp("template") / "copier-fastapi"
+    git("clone", "--quiet", "--no-local", ROOT, path, cwd=ROOT)
+    for release in RELEASES:
+        missing = subprocess.run(
+            ["git", "cat-file", "-e", f"{release['commit']}^{{commit}}"],
+            cwd=path,
+            check=False,
+        ).returncode
+        assert not missing, (
+            f"Release {release['version']} ({release['commit']}) is not in this clone's "
+            "history: fetch it with `git fetch --unshallow --tags`."
+        )
+        git("tag", "--force", f"v{release['version']}", release["commit"], cwd=path)
+    # The work tree as it is, uncommitted changes included.
+    listed = run(
+        "git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=ROOT
+    )
+    for tracked in run("git", "ls-files", "-z", cwd=path).split("\0"):
+        if tracked:
+            (path / tracked).unlink(missing_ok=True)
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, path / name)
+    git("add", "--all", cwd=path)
+    git(
+        "commit",
+        "--quiet",
+        "--allow-empty",
+        "-m",
+        "Snapshot of the work tree",
+        cwd=path,
+    )
+    git("tag", TEST_TAG, cwd=path)
+    return Snapshot(path, TEST_TAG)
+
+
+def generate(
+    template: Snapshot, destination: Path, data: dict[str, str], ref: str
+) -> Path:
+    run_copy(
+        str(template.path),
+        destination,
+        data=data,
+        defaults=True,
+        unsafe=True,
+        quiet=True,
+        vcs_ref=ref,
+    )
+    git("init", "--quiet", cwd=destination)
+    commit_all(destination, "Generated")
+    return destination
+
+
+def commit_all(project: Path, message: str) -> None:
+    git("add", "--all", cwd=project)
+    git("commit", "--quiet", "--allow-empty", "-m", message, cwd=project)
+
+
+def update(project: Path, template: Snapshot, **data: str) -> None:
+    status = run("git", "status", "--short", cwd=project)
+    assert not status, f"the project must be committed before an update:\n{status}"
+    run_update(
+        project,
+        data=data,
+        defaults=True,
+        overwrite=True,
+        unsafe=True,
+        quiet=True,
+        vcs_ref=template.tag,
+    )
+
+
+def project_checks_pass(project: Path) -> str:
+    """Install and run the project's suite; commit the lock file, as a user would."""
+    run(uv(), "sync", "--quiet", cwd=project)
+    output = run(
+        uv(), "run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider", cwd=project
+    )
+    commit_all(project, "Lock")
+    return output
+
+
+GREETING = """from fastapi import APIRouter
+
+router = APIRouter(tags=["greeting"])
+
+
+@router.get("/greeting")
+async def greeting() -> dict[str, str]:
+    return {"message": "Hello from the team"}
+"""
+GREETING_TEST = """from httpx import AsyncClient
+
+
+async def test_greeting(client: AsyncClient) -> None:
+    response = await client.get("/greeting")
+
+    assert response.json() == {"message": "Hello from the team"}
+"""
+WIRING = """
+from app.greeting import router as greeting_router  # noqa: E402
+
+app.include_router(greeting_router)
+"""
+OUR_DESCRIPTION = 'description = "The orders service of the Shipping team."'
+OUR_DEPENDENCY = '    "humanize>=4.0",\n'
+
+
+def make_user_edits(project: Path) -> None:
+    """A new route in a new file, changed lines in template files, a new dependency."""
+    (project / "app" / "greeting.py").write_text(GREETING)
+    (project / "tests" / "test_greeting.py").write_text(GREETING_TEST)
+    with (project / "app" / "main.py").open("a") as main:
+        main.write(WIRING)
+    pyproject = project / "pyproject.toml"
+    text = re.sub(
+        r"^description = .*$", OUR_DESCRIPTION, pyproject.read_text(), flags=re.M
+    )
+    pyproject.write_text(
+        text.replace("dependencies = [\n", "dependencies = [\n" + OUR_DEPENDENCY, 1)
+    )
+    commit_all(project, "Our changes")
+
+
+def assert_no_conflicts(project: Path) -> None:
+    assert not list(project.rglob("*.rej")), "copier left .rej files"
+    for path in project.rglob("*"):
+        if path.is_file() and ".git" not in path.parts and ".venv" not in path.parts:
+            text = path.read_text(errors="ignore")
+            assert "<<<<<<< " not in text, f"conflict in {path}"
+            assert ">>>>>>> " not in text, f"conflict in {path}"
+
+
+def answers_of(project: Path) -> dict[str, str]:
+    answers: dict[str, str] = yaml.safe_load(
+        (project / ".copier-answers.yml").read_text()
+    )
+    return answers
+
+
+@pytest.mark.variant
+@pytest.mark.parametrize("release", RELEASES, ids=[r["version"] for r in RELEASES])
+@pytest.mark.parametrize("answers", ANSWER_SETS.values(), ids=ANSWER_SETS.keys())
+def test_update_from_a_release_keeps_every_user_edit(
+    template: Snapshot, tmp_path: Path, release: dict[str, str], answers: dict[str, str]
+) -> None:
+    project = generate(
+        template, tmp_path / "service", answers, f"v{release['version']}"
+    )
+    make_user_edits(project)
+    env_before = (project / ".env").read_bytes()
+
+    update(project, template)
+
+    assert_no_conflicts(project)
+    assert answers_of(project)["_commit"] == template.tag
+    assert (project / "app" / "greeting.py").read_text() == GREETING
+    assert (project / "tests" / "test_greeting.py").read_text() == GREETING_TEST
+    assert (project / "app" / "main.py").read_text().endswith(WIRING)
+    pyproject = (project / "pyproject.toml").read_text()
+    assert OUR_DESCRIPTION in pyproject
+    assert OUR_DEPENDENCY in pyproject
+    assert (project / ".env").read_bytes() == env_before  # the secret stays
+    project_checks_pass(project)  # the template's tests and ours
+
+
+def test_answers_file_holds_the_answers_and_no_secret(
+    template: Snapshot, tmp_path: Path
+) -> None:
+    project = generate(template, tmp_path / "service", {}, template.tag)
+
+    answers = answers_of(project)
+    secret = (project / ".env").read_text().split("SECRET_KEY=", 1)[1].split()[0]
+    assert answers["_src_path"] == str(template.path)
+    assert answers["auth"] == "jwt"
+    assert secret not in (project / ".copier-answers.yml").read_text()
+    assert "do not edit" in (project / ".copier-answers.yml").read_text().lower()
+
+
+@pytest.mark.variant
+def test_switching_background_jobs_on_then_off(
+    template: Snapshot, tmp_path: Path
+) -> None:
+    project = generate(
+        template, tmp_path / "service", {"background_tasks": "none"}, template.tag
+    )
+    project_checks_pass(project)
+    # A database already in use: the jobs table must arrive by migration.
+    run(uv(), "run", "--no-sync", "alembic", "upgrade", "head", cwd=project)
+
+    update(project, template, background_tasks="fastapi")
+    commit_all(project, "Background jobs on")
+
+    assert_no_conflicts(project)
+    assert answers_of(project)["background_tasks"] == "fastapi"
+    assert (project / "app" / "jobs" / "router.py").exists()
+    assert (project / "migrations" / "versions" / "0003_jobs.py").exists()
+    assert (project / "tests" / "test_jobs.py").exists()
+    run(uv(), "run", "--no-sync", "alembic", "upgrade", "head", cwd=project)
+    run(uv(), "run", "--no-sync", "alembic", "check", cwd=project)
+    project_checks_pass(project)
+
+    # Switching off: first take the jobs revision out of the database (docs/updating.md).
+    run(uv(), "run", "--no-sync", "alembic", "downgrade", "0002", cwd=project)
+    update(project, template, background_tasks="none")
+
+    assert_no_conflicts(project)
+    assert not (project / "app" / "jobs").exists()
+    assert not (project / "tests" / "test_jobs.py").exists()
+    assert not (project / "migrations" / "versions" / "0003_jobs.py").exists()
+    assert "jobs" not in (project / "app" / "main.py").read_text()
+    run(uv(), "run", "--no-sync", "alembic", "check", cwd=project)
+    project_checks_pass(project)
+
+
+@pytest.mark.variant
+def test_switching_auth_on_gives_a_working_service_on_a_fresh_database(
+    template: Snapshot, tmp_path: Path
+) -> None:
+    # Not a clean switch for a database in use (items gain an owner column that
+    # existing rows cannot fill): docs/updating.md says so. The code itself switches.
+    project = generate(template, tmp_path / "service", {"auth": "none"}, template.tag)
+
+    update(project, template, auth="jwt")
+
+    assert_no_conflicts(project)
+    assert (project / "app" / "auth" / "router.py").exists()
+    assert "SECRET_KEY" not in (project / ".env").read_text()  # .env is never rewritten
+    project_checks_pass(project)
+
+
+def test_check_update_reports_the_newer_version(
+    template: Snapshot, tmp_path: Path
+) -> None:
+    oldest = RELEASES[0]["version"]
+    project = generate(template, tmp_path / "service", {}, f"v{oldest}")
+
+    completed = subprocess.run(
+        [
+            Path(sys.executable).parent / "copier",
+            "check-update",
+            "--output-format",
+            "json",
+        ],
+        cwd=project,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    report = json.loads(completed.stdout)
+    assert report["update_available"] is True
+    assert report["current_version"] == oldest
+    assert report["latest_version"] == TEST_TAG.removeprefix("v")
+
+
+def test_every_release_is_in_the_changelog() -> None:
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    for release in RELEASES:
+        assert f"## [{release['version']}]" in changelog
+
+
+# One entry per `_migrations` step in copier.yml: the old version to render from, and
+# a check of the answers file and files after updating. None are needed yet.
+MIGRATION_SCENARIOS: dict[str, object] = {}
+
+
+def test_every_answer_migration_has_a_test() -> None:
+    copier_yml = yaml.safe_load((ROOT / "copier.yml").read_text())
+    migrations = copier_yml.get("_migrations", [])
+    # Each entry renames or removes an answer or moves a file; MIGRATION_SCENARIOS
+    # below must render the old version, update, and check the result for each.
+    assert len(migrations) == len(MIGRATION_SCENARIOS)
