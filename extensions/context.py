@@ -163,8 +163,34 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
 )
 
 
-def partial_path(concept: str) -> str:
+# Concepts written once per database library, and which file each library uses:
+# ``_partials/items/models.sqlmodel.py.jinja``. SQLModel code follows SQLModel's own
+# idioms (table models that share fields with schemas, ``session.exec``); jobs keep
+# their status in memory without a database.
+_PER_LIBRARY = {"sqlalchemy": "sqlalchemy", "sqlmodel": "sqlmodel"}
+LIBRARY_VARIANTS: dict[str, dict[str, str]] = {
+    "users_models": _PER_LIBRARY,
+    "users_schemas": _PER_LIBRARY,
+    "users_repository": _PER_LIBRARY,
+    "auth_models": _PER_LIBRARY,
+    "auth_repository": _PER_LIBRARY,
+    "items_models": _PER_LIBRARY,
+    "items_schemas": _PER_LIBRARY,
+    "items_repository": _PER_LIBRARY,
+    "jobs_models": {**_PER_LIBRARY, "none": "memory"},
+    "jobs_repository": {
+        "sqlalchemy": "database",
+        "sqlmodel": "database",
+        "none": "memory",
+    },
+}
+
+
+def partial_path(concept: str, library: str = "sqlalchemy") -> str:
     head, _, tail = concept.partition("_")
+    if concept in LIBRARY_VARIANTS:
+        variant = LIBRARY_VARIANTS[concept][library]
+        return f"template/_partials/{head}/{tail}.{variant}.py.jinja"
     if head in _FEATURES and tail:
         return f"template/_partials/{head}/{tail}.py.jinja"
     return f"template/_partials/{concept}.py.jinja"
@@ -186,7 +212,11 @@ def service_ref(layout: str, feature: str) -> tuple[str, str]:
 RUNTIME_DEPENDENCIES: dict[str, tuple[str, ...]] = {
     "base": ("fastapi[standard]>=0.165.0", "pydantic-settings>=2.16.0"),
     "sqlalchemy": ("sqlalchemy[asyncio]>=2.1.0", "alembic>=1.20.0"),
+    "sqlmodel": ("sqlmodel>=0.0.50", "sqlalchemy[asyncio]>=2.1.0", "alembic>=1.20.0"),
     "sqlite": ("aiosqlite>=0.22.0",),
+    "postgresql": ("asyncpg>=0.31.0",),
+    # The rsa extra brings `cryptography`, which MySQL 8's default authentication needs.
+    "mysql": ("aiomysql[rsa]>=0.3.2",),
     "jwt": ("pyjwt>=2.15.0", "pwdlib[argon2]>=0.3.0"),
 }
 DEV_DEPENDENCIES: tuple[str, ...] = (
@@ -195,8 +225,20 @@ DEV_DEPENDENCIES: tuple[str, ...] = (
     "pytest>=9.0.0",
     "pytest-asyncio>=1.5.0",
     "pytest-cov>=7.1.0",
+    "pytest-xdist>=3.8.0",
     "ruff>=0.17.0",
 )
+
+
+def database_url(engine: str, name: str, host: str) -> str:
+    """The default DATABASE_URL of an engine; compose's database has these names."""
+    if engine == "postgresql":
+        return f"postgresql+asyncpg://app:app@{host}:5432/{name}"
+    if engine == "mysql":
+        return f"mysql+aiomysql://app:app@{host}:3306/{name}?charset=utf8mb4"
+    if host == "db":  # SQLite inside a container: the file is on a volume
+        return "sqlite+aiosqlite:////data/app.db"
+    return "sqlite+aiosqlite:///./app.db"
 
 
 @lru_cache(maxsize=256)
@@ -207,6 +249,7 @@ def _derive(
     auth: str,
     background: str,
     python: str,
+    slug: str,
 ) -> dict[str, Any]:
     has_db = db_library != "none"
     flags = {
@@ -221,8 +264,13 @@ def _derive(
     mod = module_map(layout)
     modules: dict[str, list[str]] = {}
     for concept, flag in CONCEPTS:
-        if flags[flag]:
-            modules.setdefault(mod[concept], []).append(partial_path(concept))
+        # A combination the validators refuse (jwt without a database) has no code
+        # for some concepts; the hook still runs for it, before the refusal shows.
+        written = db_library in LIBRARY_VARIANTS.get(concept, {db_library: ""})
+        if flags[flag] and written:
+            modules.setdefault(mod[concept], []).append(
+                partial_path(concept, db_library)
+            )
     packages = {
         ".".join(module.split(".")[:depth])
         for module in modules
@@ -245,10 +293,31 @@ def _derive(
         if flags[flag]
     ]
     model_modules = sorted({mod[f"{feature}_models"] for feature in features if has_db})
+    engine = db_engine if has_db else "none"
+    db_name = slug.replace("-", "_")
     return {
         **flags,
         "layout": layout,
-        "engine": db_engine if has_db else "none",
+        "engine": engine,
+        "server_engine": engine in {"postgresql", "mysql"},
+        "db_name": db_name,
+        # How migrations spell the column type of UTCDateTime.
+        "timestamp_type": (
+            "mysql.DATETIME(fsp=6)"
+            if engine == "mysql"
+            else "sa.DateTime(timezone=True)"
+        ),
+        # What the service connects to in development, and from inside compose.
+        "database_url": database_url(engine, db_name, "localhost"),
+        "compose_database_url": database_url(engine, db_name, "db"),
+        "is_sqlmodel": db_library == "sqlmodel",
+        # SQLModel's own base for request and response models, where it is used.
+        "schema_base": "SQLModel" if db_library == "sqlmodel" else "BaseModel",
+        "async_session_import": (
+            "from sqlmodel.ext.asyncio.session import AsyncSession"
+            if db_library == "sqlmodel"
+            else "from sqlalchemy.ext.asyncio import AsyncSession"
+        ),
         "features": features,
         "mod": mod,
         "modules": modules,
@@ -276,6 +345,7 @@ def derive(answers: Mapping[str, Any]) -> dict[str, Any]:
             str(answers.get("auth", "jwt")),
             str(answers.get("background_tasks", "fastapi")),
             str(answers.get("python_version", "3.12")),
+            str(answers.get("project_slug", "my-service")),
         )
     )
 

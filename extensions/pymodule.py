@@ -143,6 +143,24 @@ class _Imports:
         return "\n\n".join(group for group in groups if group)
 
 
+# `name: type = "a string"`: the one shape whose length depends on the answers.
+_STRING_ASSIGNMENT = re.compile(
+    r'^(?P<indent>\s*)(?P<target>[^"=]+?) = (?P<value>"(?:[^"\\]|\\.)*")$'
+)
+
+
+def _wrap_long_assignment(line: str) -> list[str]:
+    """Wrap an over-long string assignment in parentheses, as ruff format does when
+    that makes it fit (an answer such as the project name can make it long)."""
+    match = _STRING_ASSIGNMENT.match(line)
+    if len(line) <= LINE_LENGTH or not match:
+        return [line]
+    indent, value = match["indent"], match["value"]
+    if len(indent) + 4 + len(value) > LINE_LENGTH:
+        return [line]
+    return [f"{indent}{match['target']} = (", f"{indent}    {value}", f"{indent})"]
+
+
 def _is_definition(node: ast.stmt) -> bool:
     return isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
 
@@ -226,7 +244,8 @@ def format_module(text: str, module: str) -> str:
             out.extend([""] * blanks)
         out.extend(chunk)
         previous = node
-    return "\n".join(out) + "\n"
+    wrapped = [part for line in out for part in _wrap_long_assignment(line)]
+    return "\n".join(wrapped) + "\n"
 
 
 def quoted(value: object) -> str:
@@ -234,10 +253,23 @@ def quoted(value: object) -> str:
     return json.dumps(str(value), ensure_ascii=False)
 
 
+def python_string(value: object) -> str:
+    """A Python string literal, quoted as ruff format quotes it: double quotes, unless
+    the text holds more double than single quotes."""
+    text = str(value)
+    literal = json.dumps(text, ensure_ascii=False)
+    if text.count('"') > text.count("'"):
+        inner = literal[1:-1].replace('\\"', '"').replace("'", "\\'")
+        return f"'{inner}'"
+    return literal
+
+
 class PythonModuleExtension(Extension):
-    """Registers ``pymodule`` (``{% filter pymodule("app.main") %}``) and ``quoted``."""
+    """Registers ``pymodule`` (``{% filter pymodule("app.main") %}``), ``pystr`` for
+    Python string literals, and ``quoted`` for TOML and YAML ones."""
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
         environment.filters["pymodule"] = format_module
         environment.filters["quoted"] = quoted
+        environment.filters["pystr"] = python_string

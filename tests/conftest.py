@@ -108,3 +108,47 @@ def python_for(version: str) -> str:
         if probe.returncode == 0 and probe.stdout.strip() == version:
             return candidate
     pytest.fail(f"No Python {version} interpreter found; the variants need 3.11-3.13")
+
+
+# The servers on this machine that variants naming them are tested against; the
+# generated suites create (and drop) databases of their own there.
+SERVER_URLS = {
+    "postgresql": "postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
+    "mysql": "mysql+aiomysql://root@127.0.0.1:3306/{database}?charset=utf8mb4",
+}
+SERVER_DATABASES = {"postgresql": "postgres", "mysql": "test"}
+
+
+def server_url(engine: str, database: str | None = None) -> str:
+    """DATABASE_URL for a local server: its default database unless one is named."""
+    return SERVER_URLS[engine].format(database=database or SERVER_DATABASES[engine])
+
+
+SERVER_CLIENTS = {
+    "postgresql": ["psql", "-h", "127.0.0.1", "-U", "postgres", "-Atq", "-c"],
+    "mysql": ["mariadb", "-h", "127.0.0.1", "-uroot", "-N", "-e"],
+}
+LIST_DATABASES = {
+    "postgresql": "SELECT datname FROM pg_database",
+    "mysql": "SHOW DATABASES",
+}
+
+
+def server_sql(engine: str, statement: str) -> list[str]:
+    """Run SQL on a local server with its command-line client; the output lines."""
+    completed = subprocess.run(
+        [*SERVER_CLIENTS[engine], statement],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if completed.returncode != 0:
+        pytest.fail(
+            f"The {engine} server on 127.0.0.1 does not answer ({completed.stderr.strip()}); "
+            "start it as ../shared/SERVICES.md says, or run .ci/run, which does."
+        )
+    return completed.stdout.split()
+
+
+def databases(engine: str) -> set[str]:
+    return set(server_sql(engine, LIST_DATABASES[engine]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,10 +98,47 @@ def test_defaults_bring_exactly_the_packages_they_use() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("answers", "present", "absent"),
+    [
+        (
+            {"db_engine": "postgresql"},
+            {"asyncpg"},
+            {"aiosqlite", "aiomysql", "sqlmodel"},
+        ),
+        ({"db_engine": "mysql"}, {"aiomysql"}, {"aiosqlite", "asyncpg", "sqlmodel"}),
+        (
+            {"db_library": "sqlmodel"},
+            {"sqlmodel", "aiosqlite"},
+            {"asyncpg", "aiomysql"},
+        ),
+    ],
+)
+def test_each_database_answer_brings_its_packages_and_no_others(
+    answers: dict[str, str], present: set[str], absent: set[str]
+) -> None:
+    derived = context.derive({**DEFAULTS, **answers})
+
+    names = {re.split(r"[\[>]", dep)[0] for dep in derived["runtime_dependencies"]}
+    assert present <= names
+    assert not absent & names
+
+
+def test_each_library_has_a_file_for_every_concept_it_writes_itself() -> None:
+    for concept, variants in context.LIBRARY_VARIANTS.items():
+        for library in variants:
+            assert (ROOT / context.partial_path(concept, library)).exists()
+
+
 def test_packages_include_every_parent_package() -> None:
     derived = context.derive({**DEFAULTS, "project_size": "large"})
 
     assert {"app.api", "app.api.v1", "app.api.v1.endpoints"} <= set(derived["packages"])
+
+
+def test_the_hook_survives_a_combination_the_questionnaire_refuses() -> None:
+    # Copier runs the hook before the validator's sentence is shown.
+    assert context.derive({**DEFAULTS, "db_library": "none"})["has_jwt"]
 
 
 def test_the_hook_reads_answers_that_do_not_exist_yet() -> None:
@@ -204,3 +242,14 @@ def test_quoted_is_a_valid_string_literal_everywhere() -> None:
 
     assert eval(literal) == value  # Python
     assert __import__("json").loads(literal) == value  # TOML/YAML basic strings
+
+
+def test_python_strings_are_quoted_as_ruff_quotes_them(tmp_path: Path) -> None:
+    texts = ["plain", 'has "two" quotes', "one's", "back\\slash", 'mix "a" \'b\' "c"']
+    source = "".join(
+        f"VALUE_{n} = {pymodule.python_string(text)}\n" for n, text in enumerate(texts)
+    )
+
+    assert ruff_tidy(source, tmp_path) == source
+    for n, text in enumerate(texts):
+        assert eval(pymodule.python_string(text)) == text, n

@@ -15,7 +15,7 @@ from tests.matrix import defaults, refused_combinations, variant_id
 
 JWT_WITHOUT_DB = (
     "auth=jwt keeps users in the database, but db_library=none has none: "
-    "choose db_library=sqlalchemy, or auth=none."
+    "choose db_library=sqlalchemy or sqlmodel, or auth=none."
 )
 
 

@@ -57,7 +57,9 @@ def test_render_is_clean_lint_free_and_has_only_what_was_chosen(
     rendered: tuple[dict[str, str], Path],
 ) -> None:
     answers, project = rendered
-    has_db = answers["db_library"] != "none"
+    library = answers["db_library"]
+    has_db = library != "none"
+    engine = answers["db_engine"] if has_db else "none"
     has_jwt = answers["auth"] == "jwt"
     has_jobs = answers["background_tasks"] != "none"
 
@@ -82,7 +84,10 @@ def test_render_is_clean_lint_free_and_has_only_what_was_chosen(
 
     # Exactly the dependencies the answers need.
     expected = {"fastapi", "pydantic-settings"}
-    expected |= {"sqlalchemy", "alembic", "aiosqlite"} if has_db else set()
+    expected |= {"sqlalchemy", "alembic"} if has_db else set()
+    expected |= {"sqlmodel"} if library == "sqlmodel" else set()
+    drivers = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "mysql": "aiomysql"}
+    expected |= {drivers[engine]} if has_db else set()
     expected |= {"pyjwt", "pwdlib"} if has_jwt else set()
     assert dependency_names(project) == expected
 
@@ -96,8 +101,24 @@ def test_render_is_clean_lint_free_and_has_only_what_was_chosen(
     assert ("SECRET_KEY" in (project / ".env").read_text()) == has_jwt
     assert ("BackgroundTasks" in code) == has_jobs
     assert ('"/api/v1/jobs"' in code or 'prefix="/jobs"' in code) == has_jobs
+    assert ("from sqlmodel" in code) == (library == "sqlmodel")
+    assert ("DeclarativeBase" in code) == (library == "sqlalchemy")
     compose = yaml.safe_load((project / "compose.yaml").read_text())
     assert ("migrate" in compose["services"]) == has_db
+    assert ("db" in compose["services"]) == (engine in {"postgresql", "mysql"})
+    workflow = yaml.safe_load(
+        (project / ".github" / "workflows" / "ci.yml").read_text()
+    )
+    services = set(workflow["jobs"]["test"].get("services", {}))
+    containers = {"postgresql": {"postgres"}, "mysql": {"mysql"}}
+    assert services == containers.get(engine, set())
+    database_url = (project / ".env.example").read_text()
+    for name, driver in {
+        "sqlite": "aiosqlite",
+        "postgresql": "asyncpg",
+        "mysql": "aiomysql",
+    }.items():
+        assert (f"DATABASE_URL={name}+{driver}" in database_url) == (engine == name)
 
 
 @pytest.mark.parametrize("layout", ["small", "medium", "large"])
@@ -135,3 +156,21 @@ def test_each_layout_has_its_shape(tmp_path: Path, layout: str) -> None:
         for repository in (app / "repositories").glob("*.py"):
             assert "app.services" not in repository.read_text()
             assert "app.api" not in repository.read_text()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "mysql"])
+def test_long_answers_still_render_lint_free(tmp_path: Path, engine: str) -> None:
+    # Names and URLs built from answers land in string assignments of any length.
+    project = render(
+        tmp_path / "service",
+        {
+            "project_name": "The Quite Remarkably Long Name Of The Order Fulfilment Service",
+            "project_slug": "order-fulfilment-service-for-the-northern-region",
+            "description": "Takes orders, checks stock, books couriers and tells customers "
+            'where their "parcel" is; written by the team in Zoë\'s office.',
+            "db_engine": engine,
+        },
+    )
+
+    ruff("check", "--no-cache", ".", cwd=project)
+    ruff("format", "--check", "--no-cache", ".", cwd=project)

@@ -4,13 +4,26 @@ coverage gate, its migrations and mypy --strict."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import python_for, run, tool_env, uv
+from tests.conftest import (
+    SERVER_URLS,
+    databases,
+    python_for,
+    run,
+    server_sql,
+    server_url,
+    tool_env,
+    uv,
+)
 from tests.matrix import copier_data, covering_set, variant_id
 
 VARIANTS = covering_set()
@@ -28,10 +41,16 @@ def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_variant_installs_and_passes_its_own_checks(
     copie: Any, answers: dict[str, str], mypy_cache: Path
 ) -> None:
-    result = copie.copy(extra_answers=copier_data(answers))
+    # A slug of its own: variants running side by side never share database names.
+    slug = "svc-" + hashlib.sha1(variant_id(answers).encode()).hexdigest()[:8]
+    result = copie.copy(extra_answers=copier_data(answers) | {"project_slug": slug})
     assert result.exit_code == 0, result.exception
     project: Path = result.project_dir
     env = tool_env() | {"MYPY_CACHE_DIR": str(mypy_cache)}
+    engine = answers["db_engine"] if answers["db_library"] != "none" else "none"
+    on_server = engine in SERVER_URLS
+    if on_server:
+        env["DATABASE_URL"] = server_url(engine)
 
     def uv_run(*command: str) -> str:
         return run(uv(), "run", "--no-sync", *command, cwd=project, env=env)
@@ -48,14 +67,36 @@ def test_variant_installs_and_passes_its_own_checks(
         answers["python_version"]
     )
 
-    tests = uv_run("pytest", "-q", "-p", "no:cacheprovider")
+    # On a server, the suite must also hold up run in parallel by pytest-xdist.
+    parallel = ["-n", "2"] if on_server else []
+    tests = uv_run("pytest", "-q", "-p", "no:cacheprovider", *parallel)
     assert " passed" in tests
     assert "Required test coverage of 95.0% reached" in tests
+    if on_server:
+        prefix = "test_" + slug.replace("-", "_")
+        left = {name for name in databases(engine) if name.startswith(prefix)}
+        assert not left, f"the suite left databases behind: {left}"
 
     checked = ["app", "tests"]
     if answers["db_library"] != "none":
         checked.append("migrations")
-        uv_run("alembic", "upgrade", "head")
-        uv_run("alembic", "check")
-        uv_run("alembic", "downgrade", "base")
+        with migration_database(engine, env):
+            uv_run("alembic", "upgrade", "head")
+            uv_run("alembic", "check")
+            uv_run("alembic", "downgrade", "base")
     uv_run("mypy", "--strict", *checked)
+
+
+@contextmanager
+def migration_database(engine: str, env: dict[str, str]) -> Iterator[None]:
+    """An empty database for the alembic commands (SQLite makes its own file)."""
+    if engine not in SERVER_URLS:
+        yield
+        return
+    name = f"migrations_{secrets.token_hex(4)}"
+    server_sql(engine, f"CREATE DATABASE {name}")
+    env["DATABASE_URL"] = server_url(engine, name)
+    try:
+        yield
+    finally:
+        server_sql(engine, f"DROP DATABASE {name}")
