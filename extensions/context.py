@@ -41,6 +41,8 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "pagination": "app.schemas",
         "security": "app.security",
         "auth_deps": "app.dependencies",
+        "keys_deps": "app.dependencies",
+        "cli": "app.cli",
         "jobs_deps": "app.dependencies",
         "health_routes": "app.main",
     },
@@ -56,6 +58,8 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "pagination": "app.core.pagination",
         "security": "app.core.security",
         "auth_deps": "app.auth.dependencies",
+        "keys_deps": "app.auth.dependencies",
+        "cli": "app.cli",
         "jobs_deps": "app.jobs.dependencies",
         "health_routes": "app.health.router",
     },
@@ -71,19 +75,23 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "pagination": "app.schemas.pagination",
         "security": "app.core.security",
         "auth_deps": "app.api.deps",
+        "keys_deps": "app.api.deps",
+        "cli": "app.cli",
         "jobs_deps": "app.api.deps",
         "health_routes": "app.api.health",
         "api_router": "app.api.v1.router",
     },
 }
 
-# Feature -> (large model module, large schema module, large repository module).
-# ``auth`` is the feature that owns refresh tokens and the token endpoints.
-_FEATURES: dict[str, tuple[str, str, str]] = {
-    "users": ("user", "user", "users"),
-    "auth": ("refresh_token", "token", "refresh_tokens"),
-    "items": ("item", "item", "items"),
-    "jobs": ("job", "job", "jobs"),
+# Feature -> (medium package, then the large layout's model, schema, repository and
+# service modules). ``auth`` owns refresh tokens and the token endpoints.
+_FEATURES: dict[str, tuple[str, str, str, str, str]] = {
+    "users": ("users", "user", "user", "users", "users"),
+    "auth": ("auth", "refresh_token", "token", "refresh_tokens", "auth"),
+    "items": ("items", "item", "item", "items", "items"),
+    "jobs": ("jobs", "job", "job", "jobs", "jobs"),
+    # API keys are the auth package's business in the medium layout.
+    "keys": ("auth", "api_key", "api_key", "api_keys", "api_keys"),
 }
 _FEATURE_PARTS = ("models", "schemas", "repository", "service", "routes")
 
@@ -91,7 +99,7 @@ _FEATURE_PARTS = ("models", "schemas", "repository", "service", "routes")
 def module_map(layout: str) -> dict[str, str]:
     """Where every concept lives in ``layout`` (``small``, ``medium`` or ``large``)."""
     mod = dict(_SHARED_MODULES[layout])
-    for feature, (model, schema, repository) in _FEATURES.items():
+    for feature, (package, model, schema, repository, service) in _FEATURES.items():
         if layout == "small":
             places = (
                 "app.models",
@@ -101,20 +109,19 @@ def module_map(layout: str) -> dict[str, str]:
                 "app.main",
             )
         elif layout == "medium":
-            service = f"app.{feature}.service"
             places = (
-                f"app.{feature}.models",
-                f"app.{feature}.schemas",
-                service,
-                service,
-                f"app.{feature}.router",
+                f"app.{package}.models",
+                f"app.{package}.schemas",
+                f"app.{package}.service",
+                f"app.{package}.service",
+                f"app.{package}.router",
             )
         else:
             places = (
                 f"app.models.{model}",
                 f"app.schemas.{schema}",
                 f"app.repositories.{repository}",
-                f"app.services.{feature}",
+                f"app.services.{service}",
                 f"app.api.v1.endpoints.{feature}",
             )
         for part, place in zip(_FEATURE_PARTS, places, strict=True):
@@ -139,6 +146,7 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
     ("auth_models", "has_jwt"),
     ("items_models", "has_db"),
     ("jobs_models", "has_jobs"),
+    ("keys_models", "api_keys_in_db"),
     ("users_schemas", "has_jwt"),
     ("auth_schemas", "has_jwt"),
     ("items_schemas", "has_db"),
@@ -151,7 +159,10 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
     ("items_service", "has_db"),
     ("jobs_repository", "has_jobs"),
     ("jobs_service", "has_jobs"),
+    ("keys_repository", "api_keys_in_db"),
+    ("keys_service", "api_keys_in_db"),
     ("auth_deps", "has_jwt"),
+    ("keys_deps", "has_api_key"),
     ("jobs_deps", "jobs_in_memory"),
     ("main", "always"),
     ("health_routes", "always"),
@@ -160,6 +171,7 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
     ("items_routes", "has_db"),
     ("jobs_routes", "has_jobs"),
     ("api_router", "is_large"),
+    ("cli", "has_cli"),
 )
 
 
@@ -183,6 +195,8 @@ LIBRARY_VARIANTS: dict[str, dict[str, str]] = {
         "sqlmodel": "database",
         "none": "memory",
     },
+    "keys_models": _PER_LIBRARY,
+    "keys_repository": _PER_LIBRARY,
 }
 
 
@@ -200,11 +214,12 @@ def service_ref(layout: str, feature: str) -> tuple[str, str]:
     """How a router imports a feature's service module, and the name it then uses."""
     if layout == "small":
         return "from app import services", "services"
+    package, *_, service = _FEATURES[feature]
     if layout == "medium":
-        return f"from app.{feature} import service", "service"
+        return f"from app.{package} import service", "service"
     return (
-        f"from app.services import {feature} as {feature}_service",
-        f"{feature}_service",
+        f"from app.services import {service} as {service}_service",
+        f"{service}_service",
     )
 
 
@@ -256,6 +271,13 @@ def _derive(
         "always": True,
         "has_db": has_db,
         "has_jwt": auth == "jwt",
+        "has_api_key": auth == "api_key",
+        "has_auth": auth != "none",
+        # API keys live in a table with a database, in settings (API_KEYS) without.
+        "api_keys_in_db": auth == "api_key" and has_db,
+        "api_keys_in_settings": auth == "api_key" and not has_db,
+        # `python -m app.cli`: creating the first admin, or managing API keys.
+        "has_cli": auth == "jwt" or (auth == "api_key" and has_db),
         "has_jobs": background != "none",
         "jobs_in_db": background != "none" and has_db,
         "jobs_in_memory": background != "none" and not has_db,
@@ -292,7 +314,13 @@ def _derive(
         )
         if flags[flag]
     ]
-    model_modules = sorted({mod[f"{feature}_models"] for feature in features if has_db})
+    model_modules = sorted(
+        {
+            mod[concept]
+            for concept, flag in CONCEPTS
+            if concept.endswith("_models") and flags[flag] and has_db
+        }
+    )
     engine = db_engine if has_db else "none"
     db_name = slug.replace("-", "_")
     return {
@@ -351,8 +379,9 @@ def derive(answers: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class ContextUpdater(ContextHook):
-    """Adds the derived values and a fresh secret key to every render context."""
+    """Adds the derived values, and fresh secrets for `.env`, to every render context."""
 
     def hook(self, context: dict[str, Any]) -> None:
         context.update(derive(context))
         context["generated_secret_key"] = secrets.token_urlsafe(48)
+        context["generated_api_key"] = secrets.token_urlsafe(32)

@@ -13,6 +13,11 @@ import yaml
 from tests.conftest import ROOT, render, tool_env
 from tests.matrix import defaults, refused_combinations, variant_id
 
+API_KEY_WITH_NOTHING_TO_PROTECT = (
+    "auth=api_key protects the items and jobs routes, but with db_library=none and "
+    "background_tasks=none there are none: choose a database or background jobs, "
+    "or auth=none."
+)
 JWT_WITHOUT_DB = (
     "auth=jwt keeps users in the database, but db_library=none has none: "
     "choose db_library=sqlalchemy or sqlmodel, or auth=none."
@@ -63,10 +68,10 @@ def test_each_refused_answer_fails_with_its_sentence(
     assert message in " ".join(str(result.exception).split())
 
 
-def test_jwt_without_a_database_is_refused_by_its_sentence() -> None:
+def test_refusals_say_what_conflicts_and_the_fix() -> None:
     # Pins the wording users see, independently of copier.yml's own text.
-    assert refused_combinations(), "the questionnaire refuses nothing"
-    assert all(message == JWT_WITHOUT_DB for _, message in refused_combinations())
+    sentences = {message for _, message in refused_combinations()}
+    assert sentences == {JWT_WITHOUT_DB, API_KEY_WITH_NOTHING_TO_PROTECT}
 
 
 def test_a_value_the_template_does_not_offer_is_refused(copie: Any) -> None:
@@ -123,6 +128,15 @@ def test_every_render_gets_its_own_secret(tmp_path: Path) -> None:
     second = render(tmp_path / "two", {})
 
     assert (first / ".env").read_text() != (second / ".env").read_text()
+
+
+def test_a_settings_api_key_is_generated_into_env_only(tmp_path: Path) -> None:
+    project = render(tmp_path / "service", {"auth": "api_key", "db_library": "none"})
+
+    key = (project / ".env").read_text().split('API_KEYS=["', 1)[1].split('"')[0]
+    assert len(key) >= 43
+    tracked = [p for p in project.rglob("*") if p.is_file() and p.name != ".env"]
+    assert not [p for p in tracked if key in p.read_text(errors="ignore")]
 
 
 def test_no_secret_without_jwt(tmp_path: Path) -> None:

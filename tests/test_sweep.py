@@ -61,6 +61,7 @@ def test_render_is_clean_lint_free_and_has_only_what_was_chosen(
     has_db = library != "none"
     engine = answers["db_engine"] if has_db else "none"
     has_jwt = answers["auth"] == "jwt"
+    has_api_key = answers["auth"] == "api_key"
     has_jobs = answers["background_tasks"] != "none"
 
     # Nothing of the template machinery reaches the project.
@@ -99,6 +100,15 @@ def test_render_is_clean_lint_free_and_has_only_what_was_chosen(
     assert ("import jwt" in code) == has_jwt
     assert ("OAuth2PasswordBearer" in code) == has_jwt
     assert ("SECRET_KEY" in (project / ".env").read_text()) == has_jwt
+    assert ("APIKeyHeader" in code) == has_api_key
+    keys_table = project / "migrations" / "versions" / "0004_api_keys.py"
+    assert keys_table.exists() == (has_api_key and has_db)
+    assert ("API_KEYS" in (project / ".env.example").read_text()) == (
+        has_api_key and not has_db
+    )
+    assert (project / "app" / "cli.py").exists() == (
+        has_jwt or (has_api_key and has_db)
+    )
     assert ("BackgroundTasks" in code) == has_jobs
     assert ('"/api/v1/jobs"' in code or 'prefix="/jobs"' in code) == has_jobs
     assert ("from sqlmodel" in code) == (library == "sqlmodel")

@@ -262,6 +262,37 @@ def test_switching_background_jobs_on_then_off(
 
 
 @pytest.mark.variant
+def test_switching_api_keys_on_migrates_a_database_in_use(
+    template: Snapshot, tmp_path: Path
+) -> None:
+    project = generate(template, tmp_path / "service", {"auth": "none"}, template.tag)
+    project_checks_pass(project)
+    run(uv(), "run", "--no-sync", "alembic", "upgrade", "head", cwd=project)
+
+    update(project, template, auth="api_key")
+    commit_all(project, "API keys on")
+
+    assert_no_conflicts(project)
+    assert answers_of(project)["auth"] == "api_key"
+    assert (project / "migrations" / "versions" / "0004_api_keys.py").exists()
+    run(uv(), "run", "--no-sync", "alembic", "upgrade", "head", cwd=project)
+    run(uv(), "run", "--no-sync", "alembic", "check", cwd=project)
+    issued = run(
+        uv(),
+        "run",
+        "--no-sync",
+        "python",
+        "-m",
+        "app.cli",
+        "create-api-key",
+        "ops",
+        cwd=project,
+    )
+    assert "shown only once" in issued
+    project_checks_pass(project)
+
+
+@pytest.mark.variant
 def test_switching_auth_on_gives_a_working_service_on_a_fresh_database(
     template: Snapshot, tmp_path: Path
 ) -> None:

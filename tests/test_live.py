@@ -1,0 +1,157 @@
+"""Rendered services, started with uvicorn on a loopback port, driven over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import run, tool_env, uv
+
+STARTUP_SECONDS = 60
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class Http:
+    """A tiny HTTP client: status, JSON body and headers of every call."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def __call__(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: object = None,
+        form: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        data, all_headers = None, dict(headers or {})
+        if json_body is not None:
+            data = json.dumps(json_body).encode()
+            all_headers["Content-Type"] = "application/json"
+        elif form is not None:
+            data = urllib.parse.urlencode(form).encode()
+            all_headers["Content-Type"] = "application/x-www-form-urlencoded"
+        request = urllib.request.Request(
+            self.base + path, data=data, headers=all_headers, method=method
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                body = response.read()
+                return response.status, json.loads(body) if body else None
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+
+@contextmanager
+def serving(project: Path) -> Iterator[Http]:
+    """Install, migrate and serve the project; stop the server whatever happens."""
+    run(uv(), "sync", "--quiet", cwd=project)
+    run(uv(), "run", "--no-sync", "alembic", "upgrade", "head", cwd=project)
+    port = free_port()
+    log_path = project / "server.log"
+    log = log_path.open("w")
+    server = subprocess.Popen(
+        [uv(), "run", "--no-sync", "uvicorn", "app.main:app", "--port", str(port)],
+        cwd=project,
+        env=tool_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    http = Http(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            try:
+                if http("GET", "/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "the service did not start in time"
+            time.sleep(0.2)
+        yield http
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def cli(project: Path, *args: str) -> str:
+    return run(uv(), "run", "--no-sync", "python", "-m", "app.cli", *args, cwd=project)
+
+
+@pytest.mark.variant
+def test_jwt_service_over_http(copie: Any) -> None:
+    result = copie.copy(extra_answers={"auth": "jwt"})
+    assert result.exit_code == 0, result.exception
+
+    with serving(result.project_dir) as http:
+        account = {"email": "ada@example.com", "password": "correct horse battery"}
+        registered = http("POST", "/api/v1/auth/register", json_body=account)
+        login = {"username": account["email"], "password": account["password"]}
+        status, tokens = http("POST", "/api/v1/auth/token", form=login)
+        bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+        me = http("GET", "/api/v1/users/me", headers=bearer)
+        item = http("POST", "/api/v1/items", json_body={"name": "Lamp"}, headers=bearer)
+        spent = {"refresh_token": tokens["refresh_token"]}
+        rotated = http("POST", "/api/v1/auth/refresh", json_body=spent)
+        reused = http("POST", "/api/v1/auth/refresh", json_body=spent)
+        newest = {"refresh_token": rotated[1]["refresh_token"]}
+        after_reuse = http("POST", "/api/v1/auth/refresh", json_body=newest)
+        anonymous = http("GET", "/api/v1/users/me")
+
+    assert registered[0] == 201
+    assert status == 200
+    assert me == (200, me[1])
+    assert me[1]["email"] == "ada@example.com"
+    assert item[0] == 201
+    assert rotated[0] == 200
+    assert reused[0] == 401
+    assert after_reuse[0] == 401  # the reuse revoked the whole family
+    assert anonymous[0] == 401
+
+
+@pytest.mark.variant
+def test_api_key_service_over_http(copie: Any) -> None:
+    result = copie.copy(extra_answers={"auth": "api_key"})
+    assert result.exit_code == 0, result.exception
+    project: Path = result.project_dir
+
+    with serving(project) as http:
+        key = cli(project, "create-api-key", "live test").strip().splitlines()[-1]
+        headers = {"X-API-Key": key}
+        created = http(
+            "POST", "/api/v1/items", json_body={"name": "Desk"}, headers=headers
+        )
+        listed = http("GET", "/api/v1/items", headers=headers)
+        without = http("GET", "/api/v1/items")
+        cli(project, "revoke-api-key", key.split(".")[0])
+        revoked = http("GET", "/api/v1/items", headers=headers)
+        probe = http("GET", "/health")
+
+    assert created[0] == 201
+    assert listed[0] == 200
+    assert listed[1]["total"] == 1
+    assert without[0] == 401
+    assert without[1]["error"]["code"] == "unauthorized"
+    assert revoked[0] == 401
+    assert probe[0] == 200
