@@ -41,6 +41,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "pagination": "app.schemas",
         "security": "app.security",
         "auth_deps": "app.dependencies",
+        "worker": "app.worker",
         "keys_deps": "app.dependencies",
         "cli": "app.cli",
         "jobs_deps": "app.dependencies",
@@ -58,6 +59,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "pagination": "app.core.pagination",
         "security": "app.core.security",
         "auth_deps": "app.auth.dependencies",
+        "worker": "app.worker",
         "keys_deps": "app.auth.dependencies",
         "cli": "app.cli",
         "jobs_deps": "app.jobs.dependencies",
@@ -75,6 +77,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "pagination": "app.schemas.pagination",
         "security": "app.core.security",
         "auth_deps": "app.api.deps",
+        "worker": "app.worker",
         "keys_deps": "app.api.deps",
         "cli": "app.cli",
         "jobs_deps": "app.api.deps",
@@ -163,7 +166,7 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
     ("keys_service", "api_keys_in_db"),
     ("auth_deps", "has_jwt"),
     ("keys_deps", "has_api_key"),
-    ("jobs_deps", "jobs_in_memory"),
+    ("jobs_deps", "jobs_in_store"),
     ("main", "always"),
     ("health_routes", "always"),
     ("auth_routes", "has_jwt"),
@@ -171,6 +174,7 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
     ("items_routes", "has_db"),
     ("jobs_routes", "has_jobs"),
     ("api_router", "is_large"),
+    ("worker", "has_queue"),
     ("cli", "has_cli"),
 )
 
@@ -189,11 +193,14 @@ LIBRARY_VARIANTS: dict[str, dict[str, str]] = {
     "items_models": _PER_LIBRARY,
     "items_schemas": _PER_LIBRARY,
     "items_repository": _PER_LIBRARY,
-    "jobs_models": {**_PER_LIBRARY, "none": "memory"},
+    # Jobs are keyed by where their status lives: a database library, else memory
+    # (BackgroundTasks) or Redis (workers); both of the latter use a plain dataclass.
+    "jobs_models": {**_PER_LIBRARY, "memory": "memory", "redis": "memory"},
     "jobs_repository": {
         "sqlalchemy": "database",
         "sqlmodel": "database",
-        "none": "memory",
+        "memory": "memory",
+        "redis": "redis",
     },
     "keys_models": _PER_LIBRARY,
     "keys_repository": _PER_LIBRARY,
@@ -233,6 +240,17 @@ RUNTIME_DEPENDENCIES: dict[str, tuple[str, ...]] = {
     # The rsa extra brings `cryptography`, which MySQL 8's default authentication needs.
     "mysql": ("aiomysql[rsa]>=0.3.2",),
     "jwt": ("pyjwt>=2.15.0", "pwdlib[argon2]>=0.3.0"),
+    "celery-redis": ("celery[redis]>=5.7.0",),
+    "celery-rabbitmq": ("celery>=5.7.0",),
+    "taskiq-redis": ("taskiq>=0.13.0", "taskiq-fastapi>=0.5.0", "taskiq-redis>=1.2.0"),
+    "taskiq-rabbitmq": (
+        "taskiq>=0.13.0",
+        "taskiq-fastapi>=0.5.0",
+        "taskiq-aio-pika>=0.6.0",
+        "aio-pika>=10.0.0",
+    ),
+    # Imported directly: the job store without a database, and the broker ping.
+    "redis": ("redis>=8.0.0",),
 }
 DEV_DEPENDENCIES: tuple[str, ...] = (
     "mypy>=2.4.0",
@@ -265,6 +283,7 @@ def _derive(
     background: str,
     python: str,
     slug: str,
+    broker: str,
 ) -> dict[str, Any]:
     has_db = db_library != "none"
     flags = {
@@ -279,20 +298,28 @@ def _derive(
         # `python -m app.cli`: creating the first admin, or managing API keys.
         "has_cli": auth == "jwt" or (auth == "api_key" and has_db),
         "has_jobs": background != "none",
+        # Celery and Taskiq run jobs in worker processes, fed through a broker.
+        "has_queue": background in {"celery", "taskiq"},
+        "is_celery": background == "celery",
+        "is_taskiq": background == "taskiq",
+        # Where job status lives: the database; else this process (BackgroundTasks)
+        # or Redis (workers need a store every process can read).
         "jobs_in_db": background != "none" and has_db,
-        "jobs_in_memory": background != "none" and not has_db,
+        "jobs_in_memory": background == "fastapi" and not has_db,
+        "jobs_in_redis": background in {"celery", "taskiq"} and not has_db,
+        "jobs_in_store": background != "none" and not has_db,
         "is_large": layout == "large",
     }
     mod = module_map(layout)
+    jobs_storage = db_library if has_db else "redis" if flags["has_queue"] else "memory"
     modules: dict[str, list[str]] = {}
     for concept, flag in CONCEPTS:
         # A combination the validators refuse (jwt without a database) has no code
         # for some concepts; the hook still runs for it, before the refusal shows.
-        written = db_library in LIBRARY_VARIANTS.get(concept, {db_library: ""})
+        library = jobs_storage if concept.startswith("jobs_") else db_library
+        written = library in LIBRARY_VARIANTS.get(concept, {library: ""})
         if flags[flag] and written:
-            modules.setdefault(mod[concept], []).append(
-                partial_path(concept, db_library)
-            )
+            modules.setdefault(mod[concept], []).append(partial_path(concept, library))
     packages = {
         ".".join(module.split(".")[:depth])
         for module in modules
@@ -304,6 +331,10 @@ def _derive(
         runtime += RUNTIME_DEPENDENCIES[db_library] + RUNTIME_DEPENDENCIES[db_engine]
     if flags["has_jwt"]:
         runtime += RUNTIME_DEPENDENCIES["jwt"]
+    if flags["has_queue"]:
+        runtime += RUNTIME_DEPENDENCIES[f"{background}-{broker}"]
+        if broker == "redis" and (background == "taskiq" or not has_db):
+            runtime += RUNTIME_DEPENDENCIES["redis"]
     features = [
         feature
         for feature, flag in (
@@ -329,6 +360,23 @@ def _derive(
         "engine": engine,
         "server_engine": engine in {"postgresql", "mysql"},
         "db_name": db_name,
+        "broker": broker if flags["has_queue"] else "none",
+        # compose's broker has these names (RabbitMQ's guest may not connect remotely).
+        "broker_url": (
+            "redis://localhost:6379/0"
+            if broker == "redis"
+            else "amqp://app:app@localhost:5672//"
+        ),
+        "compose_broker_url": (
+            "redis://broker:6379/0"
+            if broker == "redis"
+            else "amqp://app:app@broker:5672//"
+        ),
+        "worker_command": (
+            ["celery", "-A", "app.worker", "worker", "--loglevel=INFO"]
+            if background == "celery"
+            else ["taskiq", "worker", "app.worker:broker"]
+        ),
         # How migrations spell the column type of UTCDateTime.
         "timestamp_type": (
             "mysql.DATETIME(fsp=6)"
@@ -354,7 +402,12 @@ def _derive(
         "service_import": {f: service_ref(layout, f)[0] for f in _FEATURES},
         "service_name": {f: service_ref(layout, f)[1] for f in _FEATURES},
         "runtime_dependencies": sorted(runtime, key=str.lower),
-        "dev_dependencies": list(DEV_DEPENDENCIES),
+        "dev_dependencies": sorted(
+            [
+                *DEV_DEPENDENCIES,
+                *(["celery-types>=0.26.0"] if background == "celery" else []),
+            ]
+        ),
         "py_target": "py" + python.replace(".", ""),
     }
 
@@ -374,6 +427,7 @@ def derive(answers: Mapping[str, Any]) -> dict[str, Any]:
             str(answers.get("background_tasks", "fastapi")),
             str(answers.get("python_version", "3.12")),
             str(answers.get("project_slug", "my-service")),
+            str(answers.get("broker", "redis")),
         )
     )
 

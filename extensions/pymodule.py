@@ -133,12 +133,19 @@ class _Imports:
                 line = f"import {name}" + (f" as {asname}" if asname else "")
                 comment = block.comments.get(f"import {name}")
                 straight.append(f"{line}  {comment}" if comment else line)
+            # One module's statements (the merged one, then one per alias) are
+            # ordered by their first name, as ruff orders them.
+            statements = []
             if block.members:
-                line = _format_from(module, sorted(block.members, key=_member_key))
+                members = sorted(block.members, key=_member_key)
+                line = _format_from(module, members)
                 comment = block.comments.get(f"from {module}")
-                froms.append(f"{line}  {comment}" if comment else line)
-            for name, asname in sorted(block.aliased, key=lambda p: _member_key(p[0])):
-                froms.append(f"from {module} import {name} as {asname}")
+                text = f"{line}  {comment}" if comment else line
+                statements.append((_member_key(members[0]), text))
+            for name, asname in block.aliased:
+                text = f"from {module} import {name} as {asname}"
+                statements.append((_member_key(name), text))
+            froms.extend(text for _, text in sorted(statements))
         groups = ["\n".join(straight + froms) for straight, froms in sections.values()]
         return "\n\n".join(group for group in groups if group)
 
@@ -159,6 +166,28 @@ def _wrap_long_assignment(line: str) -> list[str]:
     if len(indent) + 4 + len(value) > LINE_LENGTH:
         return [line]
     return [f"{indent}{match['target']} = (", f"{indent}    {value}", f"{indent})"]
+
+
+def _is_os_environ(node: ast.expr) -> bool:
+    return (
+        isinstance(node, ast.Attribute)
+        and node.attr == "environ"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "os"
+    )
+
+
+def _is_environ_setting(node: ast.stmt) -> bool:
+    """`os.environ[...] = ...` or `os.environ.setdefault(...)`: ruff lets these stand
+    between imports, and the imports below are meant to see them (a test suite
+    choosing a setting before the app loads)."""
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        target = node.targets[0]
+        return isinstance(target, ast.Subscript) and _is_os_environ(target.value)
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        function = node.value.func
+        return isinstance(function, ast.Attribute) and _is_os_environ(function.value)
+    return False
 
 
 def _is_definition(node: ast.stmt) -> bool:
@@ -195,6 +224,9 @@ def format_module(text: str, module: str) -> str:
         ) from error
 
     imports = _Imports(module)
+    # Imports below an environment setting form a block of their own, after it.
+    later_imports = _Imports(module)
+    barrier: list[str] = []
     docstring: list[str] = []
     chunks: list[tuple[ast.stmt, list[str], int]] = []
     previous_end = 0
@@ -205,9 +237,13 @@ def format_module(text: str, module: str) -> str:
         if isinstance(node, ast.Import | ast.ImportFrom):
             own = lines[start - 1 : end]
             comment = own[-1].split("#", 1)[1].strip() if "#" in own[-1] else None
-            imports.add(node, f"# {comment}" if comment else None)
+            block = later_imports if barrier else imports
+            block.add(node, f"# {comment}" if comment else None)
             continue
         statement = _tidy_statement(lines[start - 1 : end])
+        if _is_environ_setting(node) and not chunks:
+            barrier += [line for line in gap if line.strip()] + statement
+            continue
         if (
             index == 0
             and isinstance(node, ast.Expr)
@@ -225,11 +261,11 @@ def format_module(text: str, module: str) -> str:
         chunks.append((node, comments + statement, blanks_before))
 
     out: list[str] = list(docstring)
-    import_block = imports.render()
-    if import_block:
-        if out:
-            out.append("")
-        out.extend(import_block.splitlines())
+    for block in (imports.render(), "\n".join(barrier), later_imports.render()):
+        if block:
+            if out:
+                out.append("")
+            out.extend(block.splitlines())
     previous: ast.stmt | None = None
     for node, chunk, blanks_before in chunks:
         if out:

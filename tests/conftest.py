@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from functools import cache
 from pathlib import Path
@@ -152,3 +153,24 @@ def server_sql(engine: str, statement: str) -> list[str]:
 
 def databases(engine: str) -> set[str]:
     return set(server_sql(engine, LIST_DATABASES[engine]))
+
+
+# The brokers on this machine; a variant's own tests give each run a queue of its own.
+BROKER_URLS = {
+    "redis": "redis://127.0.0.1:6379/0",
+    "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//",
+}
+
+
+@cache
+def template_copy() -> Path:
+    """This work tree as plain files (no git): what the sweep renders, fast."""
+    copy = Path(tempfile.mkdtemp(prefix="copier-fastapi-"))
+    listed = run(
+        "git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=ROOT
+    )
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, copy / name)
+    return copy

@@ -199,6 +199,9 @@ async def f() -> None:
     return None
 from collections.abc import Sequence
 from app.services import items as items_service
+from app import worker
+from app import main as jobs_routes
+from sqlalchemy.ext.asyncio import AsyncSession as S, async_sessionmaker, AsyncEngine
 CONST = 2
 class A:
     x: int = 1
@@ -253,3 +256,16 @@ def test_python_strings_are_quoted_as_ruff_quotes_them(tmp_path: Path) -> None:
     assert ruff_tidy(source, tmp_path) == source
     for n, text in enumerate(texts):
         assert eval(pymodule.python_string(text)) == text, n
+
+
+def test_an_environment_setting_keeps_the_imports_below_it(tmp_path: Path) -> None:
+    source = (
+        '"""Doc."""\nimport os\n\n# Before the app loads.\n'
+        'os.environ["BROKER_URL"] = "memory://"\nfrom app.main import app\n'
+        "import pytest\nX = (pytest, app)\n"
+    )
+
+    tidy = pymodule.format_module(source, "tests.conftest")
+
+    assert tidy.index("os.environ") < tidy.index("from app.main import app")
+    assert tidy == ruff_tidy(tidy, tmp_path)

@@ -6,12 +6,16 @@ from __future__ import annotations
 import re
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import jinja2
 import pytest
 import yaml
+from copier import run_copy
 
-from tests.conftest import render, run
+from tests.conftest import render, run, template_copy
 from tests.matrix import copier_data, valid_combinations, variant_id
 
 COMBINATIONS = valid_combinations()
@@ -45,12 +49,51 @@ def dependency_names(project: Path) -> set[str]:
     }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compile_each_template_once() -> Iterator[None]:
+    """Copier makes a new Jinja environment per render and compiles every template
+    again; the sweep renders hundreds of times with the same settings, so it keeps
+    each compiled template (the rendering itself is untouched)."""
+    compile_template = jinja2.Environment.compile
+    compiled: dict[tuple[object, ...], Any] = {}
+
+    def compile_once(
+        environment: jinja2.Environment, source: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        key = (
+            environment.trim_blocks,
+            environment.lstrip_blocks,
+            environment.keep_trailing_newline,
+            environment.undefined,
+            tuple(sorted(environment.extensions)),
+            source,
+            args,
+            tuple(sorted(kwargs.items())),
+        )
+        if key not in compiled:
+            compiled[key] = compile_template(environment, source, *args, **kwargs)
+        return compiled[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jinja2.Environment, "compile", compile_once)
+        yield
+
+
 @pytest.fixture(params=COMBINATIONS, ids=[variant_id(a) for a in COMBINATIONS])
 def rendered(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> tuple[dict[str, str], Path]:
     answers: dict[str, str] = request.param
-    return answers, render(tmp_path / "service", copier_data(answers))
+    destination = tmp_path / "service"
+    run_copy(
+        str(template_copy()),
+        destination,
+        data=copier_data(answers),
+        defaults=True,
+        unsafe=True,
+        quiet=True,
+    )
+    return answers, destination
 
 
 def test_render_is_clean_lint_free_and_has_only_what_was_chosen(
@@ -62,7 +105,10 @@ def test_render_is_clean_lint_free_and_has_only_what_was_chosen(
     engine = answers["db_engine"] if has_db else "none"
     has_jwt = answers["auth"] == "jwt"
     has_api_key = answers["auth"] == "api_key"
-    has_jobs = answers["background_tasks"] != "none"
+    background = answers["background_tasks"]
+    has_jobs = background != "none"
+    has_queue = background in {"celery", "taskiq"}
+    broker = answers["broker"] if has_queue else "none"
 
     # Nothing of the template machinery reaches the project.
     for leftover in (".git", "copier.yml", "copier.yaml", "_partials", "extensions"):
@@ -90,6 +136,17 @@ def test_render_is_clean_lint_free_and_has_only_what_was_chosen(
     drivers = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "mysql": "aiomysql"}
     expected |= {drivers[engine]} if has_db else set()
     expected |= {"pyjwt", "pwdlib"} if has_jwt else set()
+    expected |= {
+        ("celery", "redis"): {"celery"} | ({"redis"} if not has_db else set()),
+        ("celery", "rabbitmq"): {"celery"},
+        ("taskiq", "redis"): {"taskiq", "taskiq-fastapi", "taskiq-redis", "redis"},
+        ("taskiq", "rabbitmq"): {
+            "taskiq",
+            "taskiq-fastapi",
+            "taskiq-aio-pika",
+            "aio-pika",
+        },
+    }.get((background, broker), set())
     assert dependency_names(project) == expected
 
     # Nothing of an option that was not chosen.
@@ -109,19 +166,26 @@ def test_render_is_clean_lint_free_and_has_only_what_was_chosen(
     assert (project / "app" / "cli.py").exists() == (
         has_jwt or (has_api_key and has_db)
     )
-    assert ("BackgroundTasks" in code) == has_jobs
+    assert ("BackgroundTasks" in code) == (background == "fastapi")
+    assert (project / "app" / "worker.py").exists() == has_queue
+    assert ("from celery" in code) == (background == "celery")
+    assert ("from taskiq" in code) == (background == "taskiq")
+    assert ("BROKER_URL" in (project / ".env.example").read_text()) == has_queue
     assert ('"/api/v1/jobs"' in code or 'prefix="/jobs"' in code) == has_jobs
     assert ("from sqlmodel" in code) == (library == "sqlmodel")
     assert ("DeclarativeBase" in code) == (library == "sqlalchemy")
     compose = yaml.safe_load((project / "compose.yaml").read_text())
     assert ("migrate" in compose["services"]) == has_db
     assert ("db" in compose["services"]) == (engine in {"postgresql", "mysql"})
+    assert ("broker" in compose["services"]) == has_queue
+    assert ("worker" in compose["services"]) == has_queue
     workflow = yaml.safe_load(
         (project / ".github" / "workflows" / "ci.yml").read_text()
     )
     services = set(workflow["jobs"]["test"].get("services", {}))
     containers = {"postgresql": {"postgres"}, "mysql": {"mysql"}}
-    assert services == containers.get(engine, set())
+    expected_containers = containers.get(engine, set()) | ({broker} - {"none"})
+    assert services == expected_containers
     database_url = (project / ".env.example").read_text()
     for name, driver in {
         "sqlite": "aiosqlite",
