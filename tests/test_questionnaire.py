@@ -11,12 +11,17 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, render, tool_env
-from tests.matrix import defaults, refused_combinations, variant_id
+from tests.matrix import copier_data, defaults, refused_combinations, variant_id
 
 API_KEY_WITH_NOTHING_TO_PROTECT = (
     "auth=api_key protects the items and jobs routes, but with db_library=none and "
     "background_tasks=none there are none: choose a database or background jobs, "
     "or auth=none."
+)
+RABBITMQ_WITHOUT_DB = (
+    "broker=rabbitmq carries jobs but keeps no results, and with db_library=none "
+    "there is no database to keep the jobs' status either: choose broker=redis, or a "
+    "db_library."
 )
 JWT_WITHOUT_DB = (
     "auth=jwt keeps users in the database, but db_library=none has none: "
@@ -29,7 +34,10 @@ def test_defaults_render_the_documented_answers(copie: Any) -> None:
 
     assert result.exit_code == 0, result.exception
     answers = yaml.safe_load((result.project_dir / ".copier-answers.yml").read_text())
-    assert {key: answers[key] for key in defaults()} == defaults()
+    # Only what was asked is recorded: `broker` waits for a worker tool.
+    asked = copier_data(defaults())
+    assert {key: answers[key] for key in asked} == asked
+    assert "broker" not in answers
     assert answers["project_name"] == "My Service"
     assert answers["project_slug"] == "my-service"
 
@@ -71,7 +79,11 @@ def test_each_refused_answer_fails_with_its_sentence(
 def test_refusals_say_what_conflicts_and_the_fix() -> None:
     # Pins the wording users see, independently of copier.yml's own text.
     sentences = {message for _, message in refused_combinations()}
-    assert sentences == {JWT_WITHOUT_DB, API_KEY_WITH_NOTHING_TO_PROTECT}
+    assert sentences == {
+        JWT_WITHOUT_DB,
+        API_KEY_WITH_NOTHING_TO_PROTECT,
+        RABBITMQ_WITHOUT_DB,
+    }
 
 
 def test_a_value_the_template_does_not_offer_is_refused(copie: Any) -> None:
