@@ -8,13 +8,17 @@
   that can occur together occurs at least once, the default answers first. Each
   variant is installed and runs its own test suite.
 
-Run ``python tests/matrix.py`` to print the covering set's ids, one per line (CI shards
-on them), or ``python tests/matrix.py --all`` for every valid combination.
+Run ``python tests/matrix.py`` to print the covering set's ids, one per line,
+``python tests/matrix.py --all`` for every valid combination, or
+``python tests/matrix.py --shards N`` for the CI matrix: the covering set split into N
+shards, each with the servers its variants need, as JSON.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import math
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jinja2 import Environment, StrictUndefined
+from jinja2 import Environment, StrictUndefined, Template
 
 ROOT = Path(__file__).resolve().parent.parent
 COPIER_YML = ROOT / "copier.yml"
@@ -45,8 +49,13 @@ _JINJA = Environment(
 )
 
 
+@cache
+def _compiled(template: str) -> Template:
+    return _JINJA.from_string(template)
+
+
 def _render(template: str, answers: Mapping[str, Any]) -> str:
-    return _JINJA.from_string(template).render(**answers).strip()
+    return _compiled(template).render(**answers).strip()
 
 
 @cache
@@ -81,6 +90,11 @@ def _asked(question: ChoiceQuestion, answers: Mapping[str, str]) -> bool:
     return _render(question.when, answers).lower() in {"true", "1", "yes"}
 
 
+@cache
+def _all_combinations() -> tuple[tuple[Answers, str], ...]:
+    return tuple(_combinations())
+
+
 def _combinations() -> Iterator[tuple[Answers, str]]:
     """Every distinct answer set, with the first refusal message ("" if accepted)."""
     questions = choice_questions()
@@ -110,11 +124,13 @@ def _combinations() -> Iterator[tuple[Answers, str]]:
 
 
 def valid_combinations() -> list[Answers]:
-    return [answers for answers, refusal in _combinations() if not refusal]
+    return [dict(answers) for answers, refusal in _all_combinations() if not refusal]
 
 
 def refused_combinations() -> list[tuple[Answers, str]]:
-    return [(answers, refusal) for answers, refusal in _combinations() if refusal]
+    return [
+        (dict(answers), refusal) for answers, refusal in _all_combinations() if refusal
+    ]
 
 
 def defaults() -> Answers:
@@ -140,15 +156,22 @@ def _pairs(answers: Mapping[str, str]) -> set[tuple[tuple[str, str], tuple[str, 
 
 def covering_set() -> list[Answers]:
     """Greedy pairwise cover: deterministic, and always led by the defaults."""
-    candidates = valid_combinations()
-    uncovered = set().union(*(_pairs(answers) for answers in candidates))
+    return [dict(answers) for answers in _covering_set()]
+
+
+@cache
+def _covering_set() -> tuple[Answers, ...]:
+    candidates = [(answers, _pairs(answers)) for answers in valid_combinations()]
+    uncovered = set().union(*(pairs for _, pairs in candidates))
     chosen = [defaults()]
     uncovered -= _pairs(chosen[0])
     while uncovered:
-        best = max(candidates, key=lambda answers: len(_pairs(answers) & uncovered))
+        best, pairs = max(
+            candidates, key=lambda candidate: len(candidate[1] & uncovered)
+        )
         chosen.append(best)
-        uncovered -= _pairs(best)
-    return chosen
+        uncovered -= pairs
+    return tuple(chosen)
 
 
 def variant_id(answers: Mapping[str, str]) -> str:
@@ -159,7 +182,63 @@ def variant_id(answers: Mapping[str, str]) -> str:
     return "-".join(parts) + (f"-py{python}" if python else "")
 
 
+SERVERS = ("postgresql", "mysql", "redis", "rabbitmq")
+
+
+def servers_for(answers: Mapping[str, str]) -> set[str]:
+    """The servers on which a variant's own tests run (see tests/conftest.py)."""
+    data = copier_data(answers)
+    needed = set()
+    if data.get("db_library", "none") != "none":
+        needed.add(data["db_engine"])
+    if "broker" in data:
+        needed.add(data["broker"])
+    return needed & set(SERVERS)
+
+
+def shards(count: int) -> list[list[Answers]]:
+    """The covering set in ``count`` shards of near-equal size. Variants that need the
+    same servers are kept together, so a shard starts few service containers."""
+    ordered = sorted(
+        covering_set(),
+        key=lambda answers: (
+            [server in servers_for(answers) for server in SERVERS],
+            variant_id(answers),
+        ),
+    )
+    size = math.ceil(len(ordered) / count)
+    return [ordered[start : start + size] for start in range(0, len(ordered), size)]
+
+
+def shard(spec: str) -> list[Answers]:
+    """The variants of shard ``"i/n"`` (1-based), as the CI matrix names it."""
+    index, count = (int(part) for part in spec.split("/"))
+    planned = shards(count)
+    if not 1 <= index <= len(planned):
+        raise ValueError(f"shard {spec}: there are {len(planned)} shards")
+    return planned[index - 1]
+
+
+def shard_matrix(count: int) -> dict[str, list[dict[str, Any]]]:
+    """The GitHub Actions matrix: one entry per shard, with a flag per server."""
+    planned = shards(count)
+    include = []
+    for index, variants in enumerate(planned, start=1):
+        needed = set().union(*(servers_for(answers) for answers in variants))
+        entry: dict[str, Any] = {
+            "shard": f"{index}/{len(planned)}",
+            "variants": " ".join(variant_id(answers) for answers in variants),
+        }
+        entry.update({server: server in needed for server in SERVERS})
+        include.append(entry)
+    return {"include": include}
+
+
 if __name__ == "__main__":
-    chosen = valid_combinations() if "--all" in sys.argv else covering_set()
-    for answers in chosen:
-        print(variant_id(answers))
+    if "--shards" in sys.argv:
+        count = int(sys.argv[sys.argv.index("--shards") + 1])
+        print(json.dumps(shard_matrix(count), separators=(",", ":")))
+    else:
+        chosen = valid_combinations() if "--all" in sys.argv else covering_set()
+        for answers in chosen:
+            print(variant_id(answers))
