@@ -127,7 +127,7 @@ def server_url(engine: str, database: str | None = None) -> str:
 
 SERVER_CLIENTS = {
     "postgresql": ["psql", "-h", "127.0.0.1", "-U", "postgres", "-Atq", "-c"],
-    "mysql": ["mariadb", "-h", "127.0.0.1", "-uroot", "-N", "-e"],
+    "mysql": ["mysql", "-h", "127.0.0.1", "-uroot", "-N", "-e"],
 }
 LIST_DATABASES = {
     "postgresql": "SELECT datname FROM pg_database",
@@ -146,7 +146,7 @@ def server_sql(engine: str, statement: str) -> list[str]:
     if completed.returncode != 0:
         pytest.fail(
             f"The {engine} server on 127.0.0.1 does not answer ({completed.stderr.strip()}); "
-            "start it as ../shared/SERVICES.md says, or run .ci/run, which does."
+            "start it, or run .ci/run, which starts the servers the tests use."
         )
     return completed.stdout.split()
 
@@ -156,9 +156,13 @@ def databases(engine: str) -> set[str]:
 
 
 # The brokers on this machine; a variant's own tests give each run a queue of its own.
+# RabbitMQ lets `guest` in only over loopback: a broker in a container (the template's
+# CI) has another user, named by TEMPLATE_RABBITMQ_URL.
 BROKER_URLS = {
     "redis": "redis://127.0.0.1:6379/0",
-    "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//",
+    "rabbitmq": os.environ.get(
+        "TEMPLATE_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//"
+    ),
 }
 
 
