@@ -3,6 +3,7 @@ the parts its answers ask for."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
 import tomllib
@@ -24,8 +25,33 @@ JINJA_MARKERS = re.compile(r"\{%|%\}|\{\{|\}\}|\{#")
 TEXT_SUFFIXES = {".py", ".toml", ".yml", ".yaml", ".md", ".ini", ".mako", ".example"}
 
 
+TOOLS = Path(sys.executable).parent
+# The validators of the deployment files; each distinct file is validated once per
+# test process (a few dozen differ among a thousand renders).
+DEPLOYMENT_VALIDATORS = {
+    "Dockerfile": [["hadolint"]],
+    "compose.yaml": [["check-jsonschema", "--builtin-schema", "vendor.compose-spec"]],
+    ".github/workflows/ci.yml": [
+        ["actionlint"],
+        ["zizmor", "--offline", "--no-progress"],
+        ["check-jsonschema", "--builtin-schema", "vendor.github-workflows"],
+    ],
+    ".pre-commit-config.yaml": [["pre-commit", "validate-config"]],
+}
+_validated: set[tuple[str, str]] = set()
+
+
 def ruff(*args: str | Path, cwd: Path) -> str:
-    return run(Path(sys.executable).parent / "ruff", *args, cwd=cwd)
+    return run(TOOLS / "ruff", *args, cwd=cwd)
+
+
+def validate_deployment_files(project: Path) -> None:
+    for relative, validators in DEPLOYMENT_VALIDATORS.items():
+        digest = hashlib.sha256((project / relative).read_bytes()).hexdigest()
+        for tool, *arguments in validators:
+            if (tool, digest) not in _validated:
+                run(TOOLS / tool, *arguments, relative, cwd=project)
+                _validated.add((tool, digest))
 
 
 def text_files(project: Path) -> list[Path]:
@@ -41,11 +67,15 @@ def app_code(project: Path) -> str:
     return "\n".join(path.read_text() for path in (project / "app").rglob("*.py"))
 
 
-def dependency_names(project: Path) -> set[str]:
+def dependency_names(project: Path, group: str | None = None) -> set[str]:
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    requirements = (
+        pyproject["dependency-groups"][group]
+        if group
+        else pyproject["project"]["dependencies"]
+    )
     return {
-        re.split(r"[\[<>=]", requirement, maxsplit=1)[0]
-        for requirement in pyproject["project"]["dependencies"]
+        re.split(r"[\[<>=]", requirement, maxsplit=1)[0] for requirement in requirements
     }
 
 
@@ -125,9 +155,35 @@ def test_render_is_clean_lint_free_and_has_only_what_was_chosen(
         if path.suffix in {".yml", ".yaml"}:
             list(yaml.safe_load_all(text))
 
-    # The code passes the linters it ships with, under its own configuration.
+    # The code passes the linters it ships with, under its own configuration, and
+    # the deployment files pass theirs.
     ruff("check", "--no-cache", ".", cwd=project)
     ruff("format", "--check", "--no-cache", ".", cwd=project)
+    validate_deployment_files(project)
+    dockerfile = (project / "Dockerfile").read_text()
+    for line in (
+        f"FROM python:{answers['python_version']}-slim",
+        "UV_COMPILE_BYTECODE=1",
+        "UV_LINK_MODE=copy",
+        "UV_PYTHON_DOWNLOADS=0",
+        "--mount=type=cache,target=/root/.cache/uv",
+        "uv sync --locked --no-install-project --no-dev",
+    ):
+        assert line in dockerfile, line
+    assert re.search(r"^USER [1-9][0-9]*", dockerfile, re.MULTILINE)  # not root
+    assert re.search(r'^CMD \["fastapi", "run", ', dockerfile, re.MULTILINE)
+    assert {".env", ".venv"} <= set((project / ".dockerignore").read_text().split())
+    hooks = yaml.safe_load((project / ".pre-commit-config.yaml").read_text())
+    hook_tools = {
+        hook["entry"].split()[2] for repo in hooks["repos"] for hook in repo["hooks"]
+    }
+    assert hook_tools == {"ruff", "mypy"}
+    assert hook_tools <= dependency_names(project, "dev")
+    deploying = (project / "README.md").read_text().split("## Deploying", 1)[1]
+    for said in ("docker compose up", "fastapi run --workers", "/health", "/ready"):
+        assert said in deploying, said
+    assert ("alembic upgrade head" in deploying) == has_db
+    assert ("--scale worker=" in deploying) == has_queue
 
     # Exactly the dependencies the answers need.
     expected = {"fastapi", "pydantic-settings"}
@@ -179,6 +235,24 @@ def test_render_is_clean_lint_free_and_has_only_what_was_chosen(
     assert ("db" in compose["services"]) == (engine in {"postgresql", "mysql"})
     assert ("broker" in compose["services"]) == has_queue
     assert ("worker" in compose["services"]) == has_queue
+    for name, service in compose["services"].items():
+        assert ("healthcheck" in service) == (name in {"db", "broker", "app"}), name
+        assert service.get("env_file", [{"path": ".env"}])[0]["path"] == ".env"
+        for dependency, condition in service.get("depends_on", {}).items():
+            assert condition["condition"] == (
+                "service_completed_successfully"
+                if dependency == "migrate"
+                else "service_healthy"
+            ), (name, dependency)
+    for name in ("app", "worker") if has_db else ():
+        if name in compose["services"]:
+            assert "migrate" in compose["services"][name]["depends_on"], name
+    mounted = {
+        volume.split(":", 1)[0]
+        for service in compose["services"].values()
+        for volume in service.get("volumes", [])
+    }
+    assert mounted == set(compose.get("volumes", {}))
     workflow = yaml.safe_load(
         (project / ".github" / "workflows" / "ci.yml").read_text()
     )
