@@ -111,6 +111,13 @@ def python_for(version: str) -> str:
     pytest.fail(f"No Python {version} interpreter found; the variants need 3.11-3.13")
 
 
+def sync(project: Path, env: Mapping[str, str] | None = None) -> str:
+    """`uv sync` a rendered project on the Python its `.python-version` names."""
+    version = (project / ".python-version").read_text().strip()
+    python = python_for(version)
+    return run(uv(), "sync", "--quiet", "--python", python, cwd=project, env=env)
+
+
 # The servers on this machine that variants naming them are tested against; the
 # generated suites create (and drop) databases of their own there.
 SERVER_URLS = {

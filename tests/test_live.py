@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run, tool_env, uv
+from tests.conftest import run, sync, tool_env, uv
 
 STARTUP_SECONDS = 60
 
@@ -64,7 +64,7 @@ class Http:
 @contextmanager
 def serving(project: Path) -> Iterator[Http]:
     """Install, migrate and serve the project; stop the server whatever happens."""
-    run(uv(), "sync", "--quiet", cwd=project)
+    sync(project)
     run(uv(), "run", "--no-sync", "alembic", "upgrade", "head", cwd=project)
     port = free_port()
     log_path = project / "server.log"

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from copier import run_copy, run_update
 
-from tests.conftest import ROOT, run, tool_env, uv
+from tests.conftest import ROOT, run, sync, tool_env, uv
 
 RELEASES: list[dict[str, str]] = yaml.safe_load((ROOT / "releases.yml").read_text())
 TEST_TAG = "v999.0.0"  # above every real release, so Copier takes it as the newest
@@ -120,7 +120,7 @@ def update(project: Path, template: Snapshot, **data: str) -> None:
 
 def project_checks_pass(project: Path) -> str:
     """Install and run the project's suite; commit the lock file, as a user would."""
-    run(uv(), "sync", "--quiet", cwd=project)
+    sync(project)
     output = run(
         uv(), "run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider", cwd=project
     )
