@@ -4,6 +4,7 @@ the parts its answers ask for."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sys
 import tomllib
@@ -19,7 +20,8 @@ from copier import run_copy
 from tests.conftest import render, run, template_copy
 from tests.matrix import copier_data, valid_combinations, variant_id
 
-COMBINATIONS = valid_combinations()
+# SWEEP_EVERY=N renders one combination in N (the benchmarks' quick mode).
+COMBINATIONS = valid_combinations()[:: int(os.environ.get("SWEEP_EVERY", "1"))]
 # Also `}}`: valid in Python, but it reads as template residue to people and tools.
 JINJA_MARKERS = re.compile(r"\{%|%\}|\{\{|\}\}|\{#")
 TEXT_SUFFIXES = {".py", ".toml", ".yml", ".yaml", ".md", ".ini", ".mako", ".example"}
