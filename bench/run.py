@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import python_for  # noqa: E402
+from tests.conftest import python_for, render, tool_env  # noqa: E402
 from tests.matrix import copier_data, defaults  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -74,23 +74,11 @@ def machine() -> dict[str, Any]:
     }
 
 
-def environment() -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"VIRTUAL_ENV", "PYTHONPATH", "UV_PROJECT_ENVIRONMENT"}
-        and not key.startswith(("PYTEST_", "COV_CORE_", "COVERAGE_"))
-    }
-    env["UV_PYTHON_DOWNLOADS"] = "never"
-    env["UV_NO_PROGRESS"] = "1"
-    return env
-
-
 def check(command: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> str:
     done = subprocess.run(
         command,
         cwd=cwd,
-        env=dict(env or environment()),
+        env=dict(env or tool_env()),
         capture_output=True,
         text=True,
         check=False,
@@ -111,19 +99,8 @@ def median(samples: list[float]) -> float:
     return round(statistics.median(samples), 3)
 
 
-def render(destination: Path, answers: Mapping[str, str]) -> Path:
-    from copier import run_copy
-
-    run_copy(
-        str(ROOT),
-        destination,
-        data=copier_data(defaults() | dict(answers)),
-        defaults=True,
-        unsafe=True,
-        quiet=True,
-        vcs_ref="HEAD",
-    )
-    return destination
+def render_answers(destination: Path, answers: Mapping[str, str]) -> Path:
+    return render(destination, copier_data(defaults() | dict(answers)))
 
 
 def render_cli(destination: Path, answers: Mapping[str, str]) -> None:
@@ -146,7 +123,7 @@ def render_cli(destination: Path, answers: Mapping[str, str]) -> None:
 def bench_render(runs: int, work: Path) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for name, answers in {"defaults": {}, "largest": LARGEST}.items():
-        for how, action in {"in_process": render, "cli": render_cli}.items():
+        for how, action in {"in_process": render_answers, "cli": render_cli}.items():
             samples = []
             for index in range(runs):
                 destination = work / f"render-{name}-{how}-{index}"
@@ -169,7 +146,7 @@ def pytest_wall_time(arguments: list[str], env: Mapping[str, str]) -> float:
 
 
 def bench_sweep(quick: bool) -> dict[str, Any]:
-    env = environment()
+    env = tool_env()
     if quick:
         env["SWEEP_EVERY"] = "100"  # one combination in a hundred
     seconds = pytest_wall_time(["-n", "2", "tests/test_sweep.py"], env)
@@ -183,7 +160,7 @@ def bench_sweep(quick: bool) -> dict[str, Any]:
 def bench_variants(quick: bool) -> dict[str, Any]:
     from tests.matrix import covering_set
 
-    env = environment()
+    env = tool_env()
     count = len(covering_set())
     if quick:
         env["VARIANT_SHARD"] = f"1/{count}"
@@ -203,7 +180,7 @@ def installed(project: Path) -> Path:
 
 
 def bench_suite(runs: int, work: Path) -> dict[str, Any]:
-    project = installed(render(work / "suite", {}))
+    project = installed(render_answers(work / "suite", {}))
     command = [*UV, "run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider"]
     samples = [timed(check, command, project) for _ in range(runs)]
     return {"suite_seconds": median(samples), "suite_target_seconds": 4, "runs": runs}
@@ -292,9 +269,9 @@ def bench_serve(runs: int, seconds: int, work: Path) -> dict[str, Any]:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk")
     figures: dict[str, Any] = {"load": f"wrk -t1 -c32 -d{seconds}s", "runs": runs}
-    service = installed(render(work / "serve", {"auth": "none"}))
+    service = installed(render_answers(work / "serve", {"auth": "none"}))
     python = str(service / ".venv" / "bin" / "python")
-    env = environment()
+    env = tool_env()
 
     health: list[dict[str, float]] = []
     bare: list[dict[str, float]] = []
@@ -332,12 +309,11 @@ def bench_serve(runs: int, seconds: int, work: Path) -> dict[str, Any]:
 
 def bench_items(runs: int, seconds: int, work: Path) -> dict[str, Any]:
     """The items endpoints of a PostgreSQL service, on a scratch database."""
-    service = installed(
-        render(work / "items", {"auth": "none", "db_engine": "postgresql"})
-    )
+    answers = {"auth": "none", "db_engine": "postgresql"}
+    service = installed(render_answers(work / "items", answers))
     python = str(service / ".venv" / "bin" / "python")
     database = f"bench_{os.getpid()}"
-    env = environment() | {"DATABASE_URL": POSTGRES.format(database=database)}
+    env = tool_env() | {"DATABASE_URL": POSTGRES.format(database=database)}
     postgres_sql(f"CREATE DATABASE {database}")
     try:
         check([python, "-m", "alembic", "upgrade", "head"], cwd=service, env=env)

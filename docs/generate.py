@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from copier import run_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.conftest import render as render_checkout  # noqa: E402
 from tests.matrix import (  # noqa: E402
     choice_questions,
     copier_data,
@@ -52,16 +52,7 @@ COMPARISONS = {
 
 
 def render(destination: Path, answers: Mapping[str, str]) -> Path:
-    run_copy(
-        str(ROOT),
-        destination,
-        data=copier_data(defaults() | dict(answers)),
-        defaults=True,
-        unsafe=True,
-        quiet=True,
-        vcs_ref="HEAD",
-    )
-    return destination
+    return render_checkout(destination, copier_data(defaults() | dict(answers)))
 
 
 def cell(text: str) -> str:
