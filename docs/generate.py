@@ -25,12 +25,12 @@ sys.path.insert(0, str(ROOT))
 
 from tests.conftest import render as render_checkout  # noqa: E402
 from tests.matrix import (  # noqa: E402
-    choice_questions,
+    architecture_set,
     copier_data,
     defaults,
     questionnaire,
+    questions,
     refused_combinations,
-    valid_combinations,
 )
 
 REFERENCE = ROOT / "docs" / "reference"
@@ -60,8 +60,8 @@ def cell(text: str) -> str:
 
 
 def questionnaire_page() -> str:
-    questions = questionnaire()
-    choice_names = {question.name for question in choice_questions()}
+    asked = questionnaire()
+    choice_names = {question.name for question in questions()}
     lines = [
         "# The questionnaire",
         "",
@@ -73,7 +73,7 @@ def questionnaire_page() -> str:
         "| Question | Asks | Choices | Default | Asked when |",
         "|---|---|---|---|---|",
     ]
-    for name, spec in questions.items():
+    for name, spec in asked.items():
         if name.startswith("_") or not isinstance(spec, dict):
             continue
         choices = spec.get("choices", {})
@@ -96,8 +96,8 @@ def questionnaire_page() -> str:
         "## Refused combinations",
         "",
         "The questionnaire refuses these at question time, with the sentence shown.",
-        f"Of {len(valid_combinations()) + len(refused_combinations())} combinations "
-        f"of the choice questions, {len(valid_combinations())} are accepted.",
+        f"Of {len(architecture_set()) + len(refused_combinations())} combinations "
+        f"of the architecture questions, {len(architecture_set())} are accepted.",
         "",
     ]
     seen: dict[str, int] = {}
@@ -202,7 +202,7 @@ def options_page(workdir: Path) -> str:
             renders[key] = render(workdir / f"option-{len(renders)}", answers)
         return renders[key]
 
-    for question in choice_questions():
+    for question in questions():
         base = COMPARISONS.get(question.name)
         if base is None:
             continue

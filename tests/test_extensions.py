@@ -12,7 +12,7 @@ from types import ModuleType
 import pytest
 
 from tests.conftest import ROOT
-from tests.matrix import valid_combinations
+from tests.matrix import sweep_set
 
 
 def load(name: str) -> ModuleType:
@@ -157,7 +157,7 @@ def template_modules() -> set[str]:
 
 def test_every_module_an_answer_set_needs_has_a_wrapper_and_no_more() -> None:
     needed = set()
-    for answers in valid_combinations():
+    for answers in sweep_set():
         needed |= set(context.derive(answers)["modules"])
 
     assert needed == template_modules()
