@@ -1,5 +1,6 @@
-"""Every valid combination of answers renders a clean, lint-free project with exactly
-the parts its answers ask for."""
+"""Every answer set of the sweep (tests/matrix.py: every accepted architecture, each
+feature value, and a 3-wise covering array over all questions) renders a clean,
+lint-free project with exactly the parts its answers ask for."""
 
 from __future__ import annotations
 
@@ -8,20 +9,26 @@ import os
 import re
 import sys
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import copier._main
 import jinja2
 import pytest
 import yaml
 from copier import run_copy
 
 from tests.conftest import render, run, template_copy
-from tests.matrix import copier_data, valid_combinations, variant_id
+from tests.matrix import Answers, copier_data, sweep_set, variant_id
 
-# SWEEP_EVERY=N renders one combination in N (the benchmarks' quick mode).
-COMBINATIONS = valid_combinations()[:: int(os.environ.get("SWEEP_EVERY", "1"))]
+# SWEEP_EVERY=N renders one answer set in N (the benchmarks' quick mode).
+SWEEP = sweep_set()[:: int(os.environ.get("SWEEP_EVERY", "1"))]
+# The sweep runs in batches of at most 24: each renders its answer sets, checks each
+# one, then lints and validates the whole batch with one call per tool.
+BATCH_COUNT = -(-len(SWEEP) // 24)
+# Every batch takes one answer set in BATCH_COUNT, so each mixes layouts and stacks.
+BATCHES = [SWEEP[start::BATCH_COUNT] for start in range(BATCH_COUNT)]
 # Also `}}`: valid in Python, but it reads as template residue to people and tools.
 JINJA_MARKERS = re.compile(r"\{%|%\}|\{\{|\}\}|\{#")
 TEXT_SUFFIXES = {".py", ".toml", ".yml", ".yaml", ".md", ".ini", ".mako", ".example"}
@@ -29,7 +36,7 @@ TEXT_SUFFIXES = {".py", ".toml", ".yml", ".yaml", ".md", ".ini", ".mako", ".exam
 
 TOOLS = Path(sys.executable).parent
 # The validators of the deployment files; each distinct file is validated once per
-# test process (a few dozen differ among a thousand renders).
+# test process (a few dozen differ among hundreds of renders).
 DEPLOYMENT_VALIDATORS = {
     "Dockerfile": [["hadolint"]],
     "compose.yaml": [["check-jsonschema", "--builtin-schema", "vendor.compose-spec"]],
@@ -47,13 +54,20 @@ def ruff(*args: str | Path, cwd: Path) -> str:
     return run(TOOLS / "ruff", *args, cwd=cwd)
 
 
-def validate_deployment_files(project: Path) -> None:
+def validate_deployment_files(projects: list[Path]) -> None:
+    """Every distinct deployment file of ``projects`` through its validators, one call
+    per validator for all of them."""
     for relative, validators in DEPLOYMENT_VALIDATORS.items():
-        digest = hashlib.sha256((project / relative).read_bytes()).hexdigest()
         for tool, *arguments in validators:
-            if (tool, digest) not in _validated:
-                run(TOOLS / tool, *arguments, relative, cwd=project)
-                _validated.add((tool, digest))
+            unseen: dict[str, Path] = {}
+            for project in projects:
+                path = project / relative
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                if (tool, digest) not in _validated:
+                    unseen.setdefault(digest, path)
+            if unseen:
+                run(TOOLS / tool, *arguments, *unseen.values(), cwd=projects[0])
+                _validated.update((tool, digest) for digest in unseen)
 
 
 def text_files(project: Path) -> list[Path]:
@@ -82,10 +96,14 @@ def dependency_names(project: Path, group: str | None = None) -> set[str]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compile_each_template_once() -> Iterator[None]:
-    """Copier makes a new Jinja environment per render and compiles every template
-    again; the sweep renders hundreds of times with the same settings, so it keeps
-    each compiled template (the rendering itself is untouched)."""
+def render_fast() -> Iterator[None]:
+    """What does not change between renders is done once.
+
+    Copier makes a new Jinja environment per render and compiles every template
+    again; the sweep keeps each compiled template (the rendering itself is
+    untouched). And after writing each file Copier asks git whether the destination
+    tracks file modes; a sweep's destination is no repository, so it is not asked.
+    """
     compile_template = jinja2.Environment.compile
     compiled: dict[tuple[object, ...], Any] = {}
 
@@ -108,15 +126,11 @@ def compile_each_template_once() -> Iterator[None]:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(jinja2.Environment, "compile", compile_once)
+        patch.setattr(copier._main, "is_git_available", lambda: False)
         yield
 
 
-@pytest.fixture(params=COMBINATIONS, ids=[variant_id(a) for a in COMBINATIONS])
-def rendered(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> tuple[dict[str, str], Path]:
-    answers: dict[str, str] = request.param
-    destination = tmp_path / "service"
+def render_answers(destination: Path, answers: Mapping[str, object]) -> Path:
     run_copy(
         str(template_copy()),
         destination,
@@ -125,13 +139,36 @@ def rendered(
         unsafe=True,
         quiet=True,
     )
-    return answers, destination
+    return destination
 
 
-def test_render_is_clean_lint_free_and_has_only_what_was_chosen(
-    rendered: tuple[dict[str, str], Path],
+@pytest.mark.parametrize(
+    "batch", BATCHES, ids=[f"{n}-of-{len(BATCHES)}" for n in range(1, len(BATCHES) + 1)]
+)
+def test_renders_are_clean_lint_free_and_have_only_what_was_chosen(
+    batch: list[Answers], tmp_path: Path
 ) -> None:
-    answers, project = rendered
+    failures = {}
+    projects = []
+    for answers in batch:
+        project = render_answers(tmp_path / variant_id(answers), answers)
+        projects.append(project)
+        try:
+            check_render(answers, project)
+        except AssertionError as failure:
+            failures[variant_id(answers)] = str(failure)
+    assert not failures, "\n\n".join(f"{name}: {why}" for name, why in failures.items())
+
+    # The code passes the linters it ships with, each render under its own
+    # configuration (ruff reads the pyproject.toml nearest each file), and the
+    # deployment files pass theirs.
+    ruff("check", "--no-cache", ".", cwd=tmp_path)
+    ruff("format", "--check", "--no-cache", ".", cwd=tmp_path)
+    validate_deployment_files(projects)
+
+
+def check_render(answers: Answers, project: Path) -> None:
+    """Everything a render must be, but lint: it is done for the whole batch."""
     library = answers["db_library"]
     has_db = library != "none"
     engine = answers["db_engine"] if has_db else "none"
@@ -157,11 +194,6 @@ def test_render_is_clean_lint_free_and_has_only_what_was_chosen(
         if path.suffix in {".yml", ".yaml"}:
             list(yaml.safe_load_all(text))
 
-    # The code passes the linters it ships with, under its own configuration, and
-    # the deployment files pass theirs.
-    ruff("check", "--no-cache", ".", cwd=project)
-    ruff("format", "--check", "--no-cache", ".", cwd=project)
-    validate_deployment_files(project)
     dockerfile = (project / "Dockerfile").read_text()
     for line in (
         f"FROM python:{answers['python_version']}-slim",
