@@ -34,17 +34,21 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert test_command in script
 
 
-def test_readme_render_command_renders_the_defaults(tmp_path: Path) -> None:
+def test_readme_render_command_renders_the_defaults_with_only_copier(
+    tmp_path: Path,
+) -> None:
     render_command, _ = quick_start_commands()
-    # Everything after installing uv, into a scratch directory instead of ../.
+    # Everything after installing uv, into a scratch directory instead of ../, with
+    # a fresh environment of its own: what a newcomer's first command installs.
     command = render_command.split(" && ", 1)[1].replace(
         "../my-service", shlex.quote(str(tmp_path / "my-service"))
     )
+    environment = tmp_path / "venv"
 
     completed = subprocess.run(
         ["bash", "-c", command],
         cwd=ROOT,
-        env=tool_env(),
+        env=tool_env() | {"UV_PROJECT_ENVIRONMENT": str(environment)},
         capture_output=True,
         text=True,
         check=False,
@@ -54,6 +58,13 @@ def test_readme_render_command_renders_the_defaults(tmp_path: Path) -> None:
     answers = (tmp_path / "my-service" / ".copier-answers.yml").read_text()
     assert f"_src_path: {ROOT}" in answers  # absolute, so `copier update` works later
     assert (tmp_path / "my-service" / "app" / "main.py").exists()
+    installed = {
+        path.name.split("-", 1)[0].lower()
+        for path in environment.glob("lib/python*/site-packages/*.dist-info")
+    }
+    assert {"copier", "copier_template_extensions"} <= installed
+    # Rendering needs neither the test tools nor the docs toolchain.
+    assert not {"pytest", "mkdocs", "mkdocs_material", "mypy", "zizmor"} & installed
 
 
 def test_the_templates_own_code_is_lint_free() -> None:
