@@ -33,11 +33,12 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import python_for, render, tool_env  # noqa: E402
+from tests.conftest import python_for, render, tool_env, variant_env  # noqa: E402
 from tests.matrix import copier_data, defaults  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -157,33 +158,66 @@ def bench_sweep(quick: bool) -> dict[str, Any]:
     }
 
 
-def bench_variants(quick: bool) -> dict[str, Any]:
+def bench_variants(quick: bool, work: Path) -> dict[str, Any]:
+    """The covering set installed and tested, and each variant's own wall time (the
+    CI plan balances its shards with them)."""
     from tests.matrix import covering_set
 
     env = tool_env()
     count = len(covering_set())
     if quick:
         env["VARIANT_SHARD"] = f"1/{count}"
-    seconds = pytest_wall_time(["-n", "2", "tests/test_variants.py"], env)
+    report = work / "variants.xml"
+    seconds = pytest_wall_time(
+        ["-n", "2", "tests/test_variants.py", f"--junitxml={report}"], env
+    )
+    per_variant = {
+        re.sub(r"^.*\[(.*)\]$", r"\1", case.get("name", "")): round(
+            float(case.get("time", 0)), 1
+        )
+        for case in ElementTree.parse(report).iter("testcase")
+    }
     return {
         "variants": 1 if quick else count,
         "variants_seconds": round(seconds, 1),
         "variants_target_seconds": 600,
+        "seconds_per_variant": dict(sorted(per_variant.items())),
         "quick": quick,
     }
 
 
-def installed(project: Path) -> Path:
+def installed(project: Path, env: Mapping[str, str] | None = None) -> Path:
     python = python_for((project / ".python-version").read_text().strip())
-    check([*UV, "sync", "--quiet", "--python", python], cwd=project)
+    check([*UV, "sync", "--quiet", "--python", python], cwd=project, env=env)
     return project
 
 
-def bench_suite(runs: int, work: Path) -> dict[str, Any]:
-    project = installed(render_answers(work / "suite", {}))
+def bench_suite(runs: int, work: Path, quick: bool) -> dict[str, Any]:
+    """`uv run pytest` in the default render, and in every covering variant, as the
+    variants run it (on the servers their answers name)."""
+    from tests.matrix import covering_set, servers_for, variant_id
+
     command = [*UV, "run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider"]
-    samples = [timed(check, command, project) for _ in range(runs)]
-    return {"suite_seconds": median(samples), "suite_target_seconds": 4, "runs": runs}
+    project = installed(render_answers(work / "suite", {}))
+    figures: dict[str, Any] = {
+        "suite_seconds": median([timed(check, command, project) for _ in range(runs)]),
+        "suite_target_seconds": 4,
+        "runs": runs,
+    }
+    if quick:
+        return figures
+    embedded: dict[str, float] = {}
+    on_servers: dict[str, float] = {}
+    for index, answers in enumerate(covering_set()):
+        env = variant_env(answers)
+        project = installed(render_answers(work / f"variant-{index}", answers), env)
+        seconds = median([timed(check, command, project, env) for _ in range(3)])
+        name = variant_id(answers)
+        (on_servers if servers_for(answers) else embedded)[name] = seconds
+    figures["variant_suite_seconds_embedded"] = embedded
+    figures["variant_suite_target_seconds_embedded"] = 6
+    figures["variant_suite_seconds_on_servers"] = on_servers
+    return figures
 
 
 def free_port() -> int:
@@ -347,9 +381,9 @@ def run_benchmark(name: str, quick: bool, work: Path) -> dict[str, Any]:
     if name == "sweep":
         return bench_sweep(quick)
     if name == "variants":
-        return bench_variants(quick)
+        return bench_variants(quick, work)
     if name == "suite":
-        return bench_suite(runs, work)
+        return bench_suite(runs, work, quick)
     return bench_serve(runs, 2 if quick else 10, work)
 
 

@@ -185,3 +185,14 @@ def template_copy() -> Path:
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, copy / name)
     return copy
+
+
+def variant_env(answers: Mapping[str, object]) -> dict[str, str]:
+    """The environment a rendered variant's own checks run in: its suite runs on the
+    database server and the broker its answers name, on this machine."""
+    env = tool_env()
+    if answers["db_library"] != "none" and answers["db_engine"] in SERVER_URLS:
+        env["DATABASE_URL"] = server_url(str(answers["db_engine"]))
+    if answers["background_tasks"] in {"celery", "taskiq"}:
+        env["BROKER_URL"] = BROKER_URLS[str(answers["broker"])]
+    return env

@@ -16,15 +16,14 @@ from typing import Any
 import pytest
 
 from tests.conftest import (
-    BROKER_URLS,
     SERVER_URLS,
     databases,
     python_for,
     run,
     server_sql,
     server_url,
-    tool_env,
     uv,
+    variant_env,
 )
 from tests.matrix import copier_data, covering_set, shard, variant_id
 
@@ -51,17 +50,11 @@ def test_variant_installs_and_passes_its_own_checks(
     result = copie.copy(extra_answers=copier_data(answers) | {"project_slug": slug})
     assert result.exit_code == 0, result.exception
     project: Path = result.project_dir
-    env = tool_env() | {"MYPY_CACHE_DIR": str(mypy_cache)}
+    env = variant_env(answers) | {"MYPY_CACHE_DIR": str(mypy_cache)}
     engine = answers["db_engine"] if answers["db_library"] != "none" else "none"
-    on_server = engine in SERVER_URLS
-    if on_server:
-        env["DATABASE_URL"] = server_url(engine)
+    on_server = "DATABASE_URL" in env
     # A variant with workers runs them on the real broker in its integration tests.
-    broker = (
-        answers["broker"] if answers["background_tasks"] in {"celery", "taskiq"} else ""
-    )
-    if broker:
-        env["BROKER_URL"] = BROKER_URLS[broker]
+    broker = "BROKER_URL" in env
 
     def uv_run(*command: str) -> str:
         return run(uv(), "run", "--no-sync", *command, cwd=project, env=env)
