@@ -228,7 +228,7 @@ FIGURES = {
     "defaults_cli_seconds": "render the defaults, `copier copy` (s)",
     "largest_in_process_seconds": "render the largest answers, in process (s)",
     "largest_cli_seconds": "render the largest answers, `copier copy` (s)",
-    "sweep_seconds": "sweep: every valid combination rendered and linted (s)",
+    "sweep_seconds": "sweep: the sweep set rendered, linted and validated (s)",
     "variants_seconds": "variants: the covering set installed and tested (s)",
     "suite_seconds": "the default service's own suite, coverage gate on (s)",
     "health_rps": "`GET /health`, requests/s",
@@ -290,7 +290,53 @@ def benchmarks_page() -> str:
                 f"| {result['benchmark']} | {label} | {figures[key]} | {target} "
                 f"| {met} | {result['date']} |"
             )
+    lines += per_variant_tables({r["benchmark"]: r["figures"] for r in results})
     return "\n".join(lines) + "\n"
+
+
+# Figures kept per variant: (key in the results, heading, what the seconds are).
+PER_VARIANT = [
+    (
+        "suite",
+        "variant_suite_seconds_embedded",
+        "Each variant's own suite, SQLite or no database, no servers",
+        "`uv run pytest`, median of 3 (s); target < "
+        "{variant_suite_target_seconds_embedded}",
+    ),
+    (
+        "suite",
+        "variant_suite_seconds_on_servers",
+        "Each variant's own suite, on the servers its answers name",
+        "`uv run pytest` with `DATABASE_URL` / `BROKER_URL` set, real worker "
+        "processes included, median of 3 (s)",
+    ),
+    (
+        "variants",
+        "seconds_per_variant",
+        "Each variant's whole check in the variants test",
+        "install, suite, migrations and mypy (s); the CI plan balances its shards "
+        "with these",
+    ),
+]
+
+
+def per_variant_tables(figures: dict[str, dict[str, object]]) -> list[str]:
+    lines = []
+    for benchmark, key, heading, unit in PER_VARIANT:
+        values = figures.get(benchmark, {}).get(key)
+        if not isinstance(values, dict):
+            continue
+        lines += [
+            "",
+            f"## {heading}",
+            "",
+            f"| Variant | {unit.format(**figures[benchmark])} |",
+            "|---|---|",
+        ]
+        lines += [
+            f"| `{name}` | {seconds} |" for name, seconds in sorted(values.items())
+        ]
+    return lines
 
 
 def pages() -> dict[str, str]:
