@@ -23,8 +23,9 @@ import re
 import sys
 from dataclasses import dataclass, field
 
-from jinja2 import Environment
+from jinja2 import Environment, pass_context
 from jinja2.ext import Extension
+from jinja2.runtime import Context
 
 LINE_LENGTH = 88
 FIRST_PARTY = frozenset({"app", "tests", "migrations"})
@@ -300,12 +301,30 @@ def python_string(value: object) -> str:
     return literal
 
 
+@pass_context
+def package(context: Context, name: str) -> str:
+    """The directory of package ``name`` (``app.items`` -> ``items``) if the answers
+    need it, else "": a path part that renders empty is not written."""
+    return name.rsplit(".", 1)[-1] if name in context["packages"] else ""
+
+
+@pass_context
+def module(context: Context, name: str) -> str:
+    """The file of module ``name`` (``app.items.router`` -> ``router.py``) if the
+    answers need it, else ""."""
+    return name.rsplit(".", 1)[-1] + ".py" if name in context["modules"] else ""
+
+
 class PythonModuleExtension(Extension):
     """Registers ``pymodule`` (``{% filter pymodule("app.main") %}``), ``pystr`` for
-    Python string literals, and ``quoted`` for TOML and YAML ones."""
+    Python string literals, ``quoted`` for TOML and YAML ones, and ``package`` and
+    ``module``, which name the wrapper files under ``template/app`` (a file name
+    without double quotes, so the template checks out on Windows)."""
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
         environment.filters["pymodule"] = format_module
         environment.filters["quoted"] = quoted
         environment.filters["pystr"] = python_string
+        environment.globals["package"] = package
+        environment.globals["module"] = module

@@ -8,9 +8,13 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import Any
 
+import copier._main
+import jinja2
 import pytest
 from copier import run_copy
 
@@ -196,3 +200,38 @@ def variant_env(answers: Mapping[str, object]) -> dict[str, str]:
     if answers["background_tasks"] in {"celery", "taskiq"}:
         env["BROKER_URL"] = BROKER_URLS[str(answers["broker"])]
     return env
+
+
+@contextmanager
+def rendering_fast() -> Iterator[None]:
+    """What does not change between many renders is done once.
+
+    Copier makes a new Jinja environment per render and compiles every template
+    again: each compiled template is kept (the rendering itself is untouched). And
+    after writing each file Copier asks git whether the destination tracks file
+    modes; a fresh destination is no repository, so it is not asked.
+    """
+    compile_template = jinja2.Environment.compile
+    compiled: dict[tuple[object, ...], Any] = {}
+
+    def compile_once(
+        environment: jinja2.Environment, source: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        key = (
+            environment.trim_blocks,
+            environment.lstrip_blocks,
+            environment.keep_trailing_newline,
+            environment.undefined,
+            tuple(sorted(environment.extensions)),
+            source,
+            args,
+            tuple(sorted(kwargs.items())),
+        )
+        if key not in compiled:
+            compiled[key] = compile_template(environment, source, *args, **kwargs)
+        return compiled[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jinja2.Environment, "compile", compile_once)
+        patch.setattr(copier._main, "is_git_available", lambda: False)
+        yield

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import template_copy  # noqa: E402
+from tests.conftest import rendering_fast, template_copy  # noqa: E402
 from tests.matrix import copier_data, sweep_set, variant_id  # noqa: E402
 
 # What differs between two renders of the same answers: the secrets in .env (and
@@ -31,7 +31,7 @@ _SECRETS = re.compile(r"^((?:SECRET_KEY|API_KEYS|[A-Z_]*PASSWORD)=).*$", re.MULT
 def render_all(destination: Path) -> int:
     from copier import run_copy
 
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, rendering_fast():
         settings = Path(scratch) / "copier-settings.yml"
         settings.write_text("{}\n")
         os.environ["COPIER_SETTINGS_PATH"] = str(settings)

@@ -78,3 +78,29 @@ def test_the_templates_own_code_is_lint_free() -> None:
             check=False,
         )
         assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+# What Windows refuses in a file name, and the names it reserves.
+WINDOWS_FORBIDDEN = set('<>:"|?*\\')
+WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {
+    f"{name}{n}" for name in ("COM", "LPT") for n in range(1, 10)
+}
+# A checkout path of up to 100 characters still leaves every path under Windows's
+# 260.
+LONGEST_PATH = 160
+
+
+def test_every_tracked_path_checks_out_on_windows() -> None:
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    paths = [path for path in listed.split("\0") if path]
+
+    for path in paths:
+        assert len(path) <= LONGEST_PATH, f"{len(path)} characters: {path}"
+        for part in path.split("/"):
+            assert not WINDOWS_FORBIDDEN & set(part), path
+            assert not part.endswith((" ", ".")), path
+            assert part.split(".")[0].upper() not in WINDOWS_RESERVED, path
+    # Windows file systems ignore case: two names may not differ by case only.
+    assert len({path.lower() for path in paths}) == len(paths)

@@ -11,15 +11,12 @@ import sys
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
-import copier._main
-import jinja2
 import pytest
 import yaml
 from copier import run_copy
 
-from tests.conftest import render, run, template_copy
+from tests.conftest import render, rendering_fast, run, template_copy
 from tests.matrix import Answers, copier_data, sweep_set, variant_id
 
 # SWEEP_EVERY=N renders one answer set in N (the benchmarks' quick mode).
@@ -97,36 +94,7 @@ def dependency_names(project: Path, group: str | None = None) -> set[str]:
 
 @pytest.fixture(scope="module", autouse=True)
 def render_fast() -> Iterator[None]:
-    """What does not change between renders is done once.
-
-    Copier makes a new Jinja environment per render and compiles every template
-    again; the sweep keeps each compiled template (the rendering itself is
-    untouched). And after writing each file Copier asks git whether the destination
-    tracks file modes; a sweep's destination is no repository, so it is not asked.
-    """
-    compile_template = jinja2.Environment.compile
-    compiled: dict[tuple[object, ...], Any] = {}
-
-    def compile_once(
-        environment: jinja2.Environment, source: Any, *args: Any, **kwargs: Any
-    ) -> Any:
-        key = (
-            environment.trim_blocks,
-            environment.lstrip_blocks,
-            environment.keep_trailing_newline,
-            environment.undefined,
-            tuple(sorted(environment.extensions)),
-            source,
-            args,
-            tuple(sorted(kwargs.items())),
-        )
-        if key not in compiled:
-            compiled[key] = compile_template(environment, source, *args, **kwargs)
-        return compiled[key]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(jinja2.Environment, "compile", compile_once)
-        patch.setattr(copier._main, "is_git_available", lambda: False)
+    with rendering_fast():
         yield
 
 
