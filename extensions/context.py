@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from copier_template_extensions import ContextHook
 
@@ -86,15 +87,27 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
     },
 }
 
-# Feature -> (medium package, then the large layout's model, schema, repository and
-# service modules). ``auth`` owns refresh tokens and the token endpoints.
-_FEATURES: dict[str, tuple[str, str, str, str, str]] = {
-    "users": ("users", "user", "user", "users", "users"),
-    "auth": ("auth", "refresh_token", "token", "refresh_tokens", "auth"),
-    "items": ("items", "item", "item", "items", "items"),
-    "jobs": ("jobs", "job", "job", "jobs", "jobs"),
+
+class Feature(NamedTuple):
+    """Where a feature's concepts live: its package in the medium layout, and its
+    modules in the large layout's ``models``, ``schemas``, ``repositories`` and
+    ``services`` packages."""
+
+    package: str
+    model: str
+    schema: str
+    repository: str
+    service: str
+
+
+# ``auth`` owns refresh tokens and the token endpoints.
+FEATURES: dict[str, Feature] = {
+    "users": Feature("users", "user", "user", "users", "users"),
+    "auth": Feature("auth", "refresh_token", "token", "refresh_tokens", "auth"),
+    "items": Feature("items", "item", "item", "items", "items"),
+    "jobs": Feature("jobs", "job", "job", "jobs", "jobs"),
     # API keys are the auth package's business in the medium layout.
-    "keys": ("auth", "api_key", "api_key", "api_keys", "api_keys"),
+    "keys": Feature("auth", "api_key", "api_key", "api_keys", "api_keys"),
 }
 _FEATURE_PARTS = ("models", "schemas", "repository", "service", "routes")
 
@@ -102,7 +115,8 @@ _FEATURE_PARTS = ("models", "schemas", "repository", "service", "routes")
 def module_map(layout: str) -> dict[str, str]:
     """Where every concept lives in ``layout`` (``small``, ``medium`` or ``large``)."""
     mod = dict(_SHARED_MODULES[layout])
-    for feature, (package, model, schema, repository, service) in _FEATURES.items():
+    for name, feature in FEATURES.items():
+        package, model, schema, repository, service = feature
         if layout == "small":
             places = (
                 "app.models",
@@ -125,10 +139,10 @@ def module_map(layout: str) -> dict[str, str]:
                 f"app.schemas.{schema}",
                 f"app.repositories.{repository}",
                 f"app.services.{service}",
-                f"app.api.v1.endpoints.{feature}",
+                f"app.api.v1.endpoints.{name}",
             )
         for part, place in zip(_FEATURE_PARTS, places, strict=True):
-            mod[f"{feature}_{part}"] = place
+            mod[f"{name}_{part}"] = place
     return mod
 
 
@@ -179,12 +193,14 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
 )
 
 
-# Concepts written once per database library, and which file each library uses:
-# ``_partials/items/models.sqlmodel.py.jinja``. SQLModel code follows SQLModel's own
-# idioms (table models that share fields with schemas, ``session.exec``); jobs keep
-# their status in memory without a database.
-_PER_LIBRARY = {"sqlalchemy": "sqlalchemy", "sqlmodel": "sqlmodel"}
-LIBRARY_VARIANTS: dict[str, dict[str, str]] = {
+# Concepts written once per value of an answer, or of a value derived from the answers
+# (the context key named first), and the file each value uses:
+# ``_partials/items/models.sqlmodel.py.jinja`` for ``items_models`` with SQLModel,
+# ``_partials/worker.celery.py.jinja`` for the Celery worker. A value that is not
+# listed has no code for the concept. SQLModel code follows SQLModel's own idioms
+# (table models that share fields with schemas, ``session.exec``).
+_PER_LIBRARY = ("db_library", {"sqlalchemy": "sqlalchemy", "sqlmodel": "sqlmodel"})
+VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "users_models": _PER_LIBRARY,
     "users_schemas": _PER_LIBRARY,
     "users_repository": _PER_LIBRARY,
@@ -195,33 +211,46 @@ LIBRARY_VARIANTS: dict[str, dict[str, str]] = {
     "items_repository": _PER_LIBRARY,
     # Jobs are keyed by where their status lives: a database library, else memory
     # (BackgroundTasks) or Redis (workers); both of the latter use a plain dataclass.
-    "jobs_models": {**_PER_LIBRARY, "memory": "memory", "redis": "memory"},
-    "jobs_repository": {
-        "sqlalchemy": "database",
-        "sqlmodel": "database",
-        "memory": "memory",
-        "redis": "redis",
-    },
+    "jobs_models": (
+        "job_storage",
+        {
+            "sqlalchemy": "sqlalchemy",
+            "sqlmodel": "sqlmodel",
+            "memory": "memory",
+            "redis": "memory",
+        },
+    ),
+    "jobs_repository": (
+        "job_storage",
+        {
+            "sqlalchemy": "database",
+            "sqlmodel": "database",
+            "memory": "memory",
+            "redis": "redis",
+        },
+    ),
     "keys_models": _PER_LIBRARY,
     "keys_repository": _PER_LIBRARY,
+    "worker": ("background", {"celery": "celery", "taskiq": "taskiq"}),
 }
 
 
-def partial_path(concept: str, library: str = "sqlalchemy") -> str:
+def partial_path(concept: str, variant: str | None = None) -> str:
+    """The partial of ``concept``: ``_partials/a/b.py.jinja`` for concept ``a_b`` of
+    a feature, ``_partials/a.py.jinja`` otherwise, with ``.variant`` before ``.py``
+    for a concept written once per value (see ``VARIANTS``)."""
     head, _, tail = concept.partition("_")
-    if concept in LIBRARY_VARIANTS:
-        variant = LIBRARY_VARIANTS[concept][library]
-        return f"template/_partials/{head}/{tail}.{variant}.py.jinja"
-    if head in _FEATURES and tail:
-        return f"template/_partials/{head}/{tail}.py.jinja"
-    return f"template/_partials/{concept}.py.jinja"
+    suffix = f".{variant}.py.jinja" if variant else ".py.jinja"
+    if head in FEATURES and tail:
+        return f"template/_partials/{head}/{tail}{suffix}"
+    return f"template/_partials/{concept}{suffix}"
 
 
 def service_ref(layout: str, feature: str) -> tuple[str, str]:
     """How a router imports a feature's service module, and the name it then uses."""
     if layout == "small":
         return "from app import services", "services"
-    package, *_, service = _FEATURES[feature]
+    package, *_, service = FEATURES[feature]
     if layout == "medium":
         return f"from app.{package} import service", "service"
     return (
@@ -274,17 +303,46 @@ def database_url(engine: str, name: str, host: str) -> str:
     return "sqlite+aiosqlite:///./app.db"
 
 
+@dataclass(frozen=True)
+class Answers:
+    """The answers the derived context depends on. Copier also runs the hook while
+    questions are still being asked: an answer not given yet takes its default."""
+
+    layout: str = "medium"
+    db_library: str = "sqlalchemy"
+    db_engine: str = "sqlite"
+    auth: str = "jwt"
+    background: str = "fastapi"
+    python: str = "3.12"
+    slug: str = "my-service"
+    broker: str = "redis"
+
+    @classmethod
+    def read(cls, context: Mapping[str, Any]) -> Answers:
+        names = {
+            "layout": "project_size",
+            "background": "background_tasks",
+            "python": "python_version",
+            "slug": "project_slug",
+        }
+        return cls(
+            **{
+                field.name: str(context[names.get(field.name, field.name)])
+                for field in fields(cls)
+                if names.get(field.name, field.name) in context
+            }
+        )
+
+
 @lru_cache(maxsize=256)
-def _derive(
-    layout: str,
-    db_library: str,
-    db_engine: str,
-    auth: str,
-    background: str,
-    python: str,
-    slug: str,
-    broker: str,
-) -> dict[str, Any]:
+def _derive(answers: Answers) -> dict[str, Any]:
+    layout, db_library, db_engine = (
+        answers.layout,
+        answers.db_library,
+        answers.db_engine,
+    )
+    auth, background, python = answers.auth, answers.background, answers.python
+    slug, broker = answers.slug, answers.broker
     has_db = db_library != "none"
     flags = {
         "always": True,
@@ -311,15 +369,23 @@ def _derive(
         "is_large": layout == "large",
     }
     mod = module_map(layout)
-    jobs_storage = db_library if has_db else "redis" if flags["has_queue"] else "memory"
+    job_storage = db_library if has_db else "redis" if flags["has_queue"] else "memory"
+    values = {
+        "db_library": db_library,
+        "job_storage": job_storage,
+        "background": background,
+    }
     modules: dict[str, list[str]] = {}
     for concept, flag in CONCEPTS:
+        if not flags[flag]:
+            continue
+        key, files = VARIANTS.get(concept, ("", {}))
         # A combination the validators refuse (jwt without a database) has no code
         # for some concepts; the hook still runs for it, before the refusal shows.
-        library = jobs_storage if concept.startswith("jobs_") else db_library
-        written = library in LIBRARY_VARIANTS.get(concept, {library: ""})
-        if flags[flag] and written:
-            modules.setdefault(mod[concept], []).append(partial_path(concept, library))
+        if key and values[key] not in files:
+            continue
+        partial = partial_path(concept, files[values[key]] if key else None)
+        modules.setdefault(mod[concept], []).append(partial)
     packages = {
         ".".join(module.split(".")[:depth])
         for module in modules
@@ -399,8 +465,8 @@ def _derive(
         "modules": modules,
         "packages": sorted(packages),
         "model_modules": model_modules,
-        "service_import": {f: service_ref(layout, f)[0] for f in _FEATURES},
-        "service_name": {f: service_ref(layout, f)[1] for f in _FEATURES},
+        "service_import": {f: service_ref(layout, f)[0] for f in FEATURES},
+        "service_name": {f: service_ref(layout, f)[1] for f in FEATURES},
         "runtime_dependencies": sorted(runtime, key=str.lower),
         "dev_dependencies": sorted(
             [
@@ -413,23 +479,9 @@ def _derive(
 
 
 def derive(answers: Mapping[str, Any]) -> dict[str, Any]:
-    """Everything the templates need beyond the raw answers.
-
-    The hook also runs while questions are still being asked, so every answer is read
-    with a default: the derived values are only meaningful once all answers exist.
-    """
-    return dict(
-        _derive(
-            str(answers.get("project_size", "medium")),
-            str(answers.get("db_library", "sqlalchemy")),
-            str(answers.get("db_engine", "sqlite")),
-            str(answers.get("auth", "jwt")),
-            str(answers.get("background_tasks", "fastapi")),
-            str(answers.get("python_version", "3.12")),
-            str(answers.get("project_slug", "my-service")),
-            str(answers.get("broker", "redis")),
-        )
-    )
+    """Everything the templates need beyond the raw answers (a copy: callers may
+    change it)."""
+    return dict(_derive(Answers.read(answers)))
 
 
 class ContextUpdater(ContextHook):

@@ -124,10 +124,10 @@ def test_each_database_answer_brings_its_packages_and_no_others(
     assert not absent & names
 
 
-def test_each_library_has_a_file_for_every_concept_it_writes_itself() -> None:
-    for concept, variants in context.LIBRARY_VARIANTS.items():
-        for library in variants:
-            assert (ROOT / context.partial_path(concept, library)).exists()
+def test_every_variant_of_a_concept_has_its_file() -> None:
+    for concept, (_, variants) in context.VARIANTS.items():
+        for variant in variants.values():
+            assert (ROOT / context.partial_path(concept, variant)).exists()
 
 
 def test_packages_include_every_parent_package() -> None:
