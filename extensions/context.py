@@ -246,6 +246,42 @@ def partial_path(concept: str, variant: str | None = None) -> str:
     return f"template/_partials/{concept}{suffix}"
 
 
+class Router(NamedTuple):
+    """A router the app includes: how main.py imports it, its name there, and the
+    arguments after it in ``include_router``."""
+
+    imported: str
+    name: str
+    prefix: str
+
+
+def routers(layout: str, features: list[str]) -> list[Router]:
+    """The routers create_app() includes; the small layout has its routes on the app."""
+    api = ', prefix="/api/v1"'
+    if layout == "medium":
+        return [
+            Router(
+                "from app.health.router import router as health_router",
+                "health_router",
+                "",
+            ),
+            *(
+                Router(
+                    f"from app.{feature}.router import router as {feature}_router",
+                    f"{feature}_router",
+                    api,
+                )
+                for feature in features
+            ),
+        ]
+    if layout == "large":
+        return [
+            Router("from app.api import health", "health.router", ""),
+            Router("from app.api.v1.router import api_router", "api_router", api),
+        ]
+    return []
+
+
 def service_ref(layout: str, feature: str) -> tuple[str, str]:
     """How a router imports a feature's service module, and the name it then uses."""
     if layout == "small":
@@ -257,6 +293,63 @@ def service_ref(layout: str, feature: str) -> tuple[str, str]:
         f"from app.services import {service} as {service}_service",
         f"{service}_service",
     )
+
+
+class Option(NamedTuple):
+    """What an answer adds at the app's extension points, beside its own modules.
+
+    Its partials live in ``template/_partials/<folder>/``, one per point it fills
+    (``POINTS`` names the file of each point), and the shared partials iterate over
+    the contributions (``points`` in the context) instead of testing flags.
+    """
+
+    folder: str
+    flag: str
+    points: tuple[str, ...]
+
+
+# The extension points, and the partial an option writes for each. A Python point's
+# partial has its imports at the top and its code in macros, because the code goes
+# into a class or function body: the shared partial includes the file (for the
+# imports, which the `pymodule` filter hoists) and imports it for the macros.
+POINTS: dict[str, str] = {
+    # Fields of Settings: `fields()`, and `checks()` for a validator (optional).
+    "settings": "settings.py.jinja",
+    # Steps of the lifespan: `startup()`, and `shutdown()` (run in reverse order).
+    "lifespan": "lifespan.py.jinja",
+    # Middleware inside the request-id middleware: `install()`, outermost first.
+    "middleware": "middleware.py.jinja",
+    # Exceptions the error handler answers: `cases()` (branches of handle_error)
+    # and `handled()` (the classes registered).
+    "errors": "errors.py.jinja",
+    # What /ready checks: `parameters()`, `probe()` and `check()`.
+    "readiness": "readiness.py.jinja",
+}
+
+# In the order their code appears at every point.
+OPTIONS: tuple[Option, ...] = (
+    Option("db", "has_db", ("settings", "lifespan", "errors", "readiness")),
+    Option("health", "has_checks", ("settings",)),
+    Option("jobs", "has_jobs", ("settings",)),
+    Option("queue", "has_queue", ("settings", "readiness")),
+    Option("celery", "is_celery", ("settings",)),
+    Option("jobstore", "jobs_in_redis", ("settings", "lifespan")),
+    Option("taskiq", "is_taskiq", ("lifespan",)),
+    Option("auth", "has_jwt", ("settings",)),
+    Option("keys", "api_keys_in_settings", ("settings",)),
+)
+
+
+def contributions(flags: Mapping[str, bool]) -> dict[str, list[str]]:
+    """Each extension point's partials, for the options the answers bring in."""
+    return {
+        point: [
+            f"template/_partials/{option.folder}/{file}"
+            for option in OPTIONS
+            if flags[option.flag] and point in option.points
+        ]
+        for point, file in POINTS.items()
+    }
 
 
 # Packages each answer brings into the generated pyproject.toml.
@@ -366,6 +459,8 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "jobs_in_memory": background == "fastapi" and not has_db,
         "jobs_in_redis": background in {"celery", "taskiq"} and not has_db,
         "jobs_in_store": background != "none" and not has_db,
+        # /ready has dependencies to check: the database, the broker.
+        "has_checks": has_db or background in {"celery", "taskiq"},
         "is_large": layout == "large",
     }
     mod = module_map(layout)
@@ -461,6 +556,8 @@ def _derive(answers: Answers) -> dict[str, Any]:
             else "from sqlalchemy.ext.asyncio import AsyncSession"
         ),
         "features": features,
+        "points": contributions(flags),
+        "routers": routers(layout, features),
         "mod": mod,
         "modules": modules,
         "packages": sorted(packages),

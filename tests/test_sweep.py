@@ -279,6 +279,8 @@ def test_each_layout_has_its_shape(tmp_path: Path, layout: str) -> None:
         path.parent.relative_to(app).as_posix() for path in app.rglob("__init__.py")
     }
 
+    # One assembly function in every layout; tests and servers call it.
+    assert "\ndef create_app() -> FastAPI:\n" in (app / "main.py").read_text()
     if layout == "small":
         assert packages == {"."}
         assert {p.name for p in app.glob("*.py")} >= {
@@ -301,7 +303,6 @@ def test_each_layout_has_its_shape(tmp_path: Path, layout: str) -> None:
             "repositories",
         } <= packages
         assert {"models", "schemas", "core", "db"} <= packages
-        assert "def create_app() -> FastAPI:" in (app / "main.py").read_text()
         # Routers call services, services call repositories, never the other way.
         for repository in (app / "repositories").glob("*.py"):
             assert "app.services" not in repository.read_text()
