@@ -324,19 +324,27 @@ POINTS: dict[str, str] = {
     "errors": "errors.py.jinja",
     # What /ready checks: `parameters()`, `probe()` and `check()`.
     "readiness": "readiness.py.jinja",
+    # Lines of .env.example (the settings, documented) and of .env (the local values
+    # a fresh copy needs): plain text.
+    "env_example": "env.example.jinja",
+    "env": "env.jinja",
 }
 
 # In the order their code appears at every point.
 OPTIONS: tuple[Option, ...] = (
-    Option("db", "has_db", ("settings", "lifespan", "errors", "readiness")),
+    Option(
+        "db",
+        "has_db",
+        ("settings", "lifespan", "errors", "readiness", "env_example", "env"),
+    ),
     Option("health", "has_checks", ("settings",)),
-    Option("jobs", "has_jobs", ("settings",)),
-    Option("queue", "has_queue", ("settings", "readiness")),
-    Option("celery", "is_celery", ("settings",)),
-    Option("jobstore", "jobs_in_redis", ("settings", "lifespan")),
+    Option("jobs", "has_jobs", ("settings", "env_example")),
+    Option("queue", "has_queue", ("settings", "readiness", "env_example", "env")),
+    Option("celery", "is_celery", ("settings", "env_example")),
+    Option("jobstore", "jobs_in_redis", ("settings", "lifespan", "env_example")),
     Option("taskiq", "is_taskiq", ("lifespan",)),
-    Option("auth", "has_jwt", ("settings",)),
-    Option("keys", "api_keys_in_settings", ("settings",)),
+    Option("auth", "has_jwt", ("settings", "env_example", "env")),
+    Option("keys", "api_keys_in_settings", ("settings", "env_example", "env")),
 )
 
 
