@@ -328,6 +328,13 @@ POINTS: dict[str, str] = {
     # a fresh copy needs): plain text.
     "env_example": "env.example.jinja",
     "env": "env.jinja",
+    # compose.yaml: `services()` before the app, `setup()` (one-shot services the
+    # app waits for), `processes()` after it; `environment()`, `mounts()` and
+    # `depends()` and `waits()` (for setup) of the app's containers; `volumes()`.
+    "compose": "compose.yaml.jinja",
+    # The generated CI workflow's test job: `services()` (service containers) and
+    # `env()` (its environment).
+    "ci": "ci.yml.jinja",
 }
 
 # In the order their code appears at every point.
@@ -335,11 +342,24 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "db",
         "has_db",
-        ("settings", "lifespan", "errors", "readiness", "env_example", "env"),
+        (
+            "settings",
+            "lifespan",
+            "errors",
+            "readiness",
+            "env_example",
+            "env",
+            "compose",
+            "ci",
+        ),
     ),
     Option("health", "has_checks", ("settings",)),
     Option("jobs", "has_jobs", ("settings", "env_example")),
-    Option("queue", "has_queue", ("settings", "readiness", "env_example", "env")),
+    Option(
+        "queue",
+        "has_queue",
+        ("settings", "readiness", "env_example", "env", "compose", "ci"),
+    ),
     Option("celery", "is_celery", ("settings", "env_example")),
     Option("jobstore", "jobs_in_redis", ("settings", "lifespan", "env_example")),
     Option("taskiq", "is_taskiq", ("lifespan",)),
