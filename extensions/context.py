@@ -246,6 +246,22 @@ def partial_path(concept: str, variant: str | None = None) -> str:
     return f"template/_partials/{concept}{suffix}"
 
 
+def summary(answers: Answers, flags: Mapping[str, bool]) -> str:
+    """What the answers chose, in a few words (the generated README's first line)."""
+    parts = [f"{answers.layout} layout"]
+    if flags["has_db"]:
+        library = "SQLModel" if answers.db_library == "sqlmodel" else "SQLAlchemy"
+        engine = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mysql": "MySQL"}
+        parts.append(f"{library} on {engine[answers.db_engine]}")
+    if flags["has_jwt"]:
+        parts.append("JWT auth")
+    elif flags["has_api_key"]:
+        parts.append("API keys")
+    if flags["has_jobs"]:
+        parts.append("background jobs")
+    return ", ".join(parts)
+
+
 class Router(NamedTuple):
     """A router the app includes: how main.py imports it, its name there, and the
     arguments after it in ``include_router``."""
@@ -335,6 +351,10 @@ POINTS: dict[str, str] = {
     # The generated CI workflow's test job: `services()` (service containers) and
     # `env()` (its environment).
     "ci": "ci.yml.jinja",
+    # README.md: `quickstart()` lines, `settings()` rows, `usage()` paragraphs,
+    # `sections()` of its own, and `deploying()` notes. Features (the packages with
+    # routes) write their `api()` rows in a file of the same name.
+    "readme": "readme.md.jinja",
 }
 
 # In the order their code appears at every point.
@@ -351,19 +371,23 @@ OPTIONS: tuple[Option, ...] = (
             "env",
             "compose",
             "ci",
+            "readme",
         ),
     ),
     Option("health", "has_checks", ("settings",)),
-    Option("jobs", "has_jobs", ("settings", "env_example")),
+    Option("jobs", "has_jobs", ("settings", "env_example", "readme")),
     Option(
         "queue",
         "has_queue",
-        ("settings", "readiness", "env_example", "env", "compose", "ci"),
+        ("settings", "readiness", "env_example", "env", "compose", "ci", "readme"),
     ),
     Option("celery", "is_celery", ("settings", "env_example")),
     Option("jobstore", "jobs_in_redis", ("settings", "lifespan", "env_example")),
     Option("taskiq", "is_taskiq", ("lifespan",)),
-    Option("auth", "has_jwt", ("settings", "env_example", "env")),
+    Option("auth", "has_jwt", ("settings", "env_example", "env", "readme")),
+    # API keys: what both kinds say in the README, and what keys kept in settings
+    # (without a database) add to the settings.
+    Option("keys", "has_api_key", ("readme",)),
     Option("keys", "api_keys_in_settings", ("settings", "env_example", "env")),
 )
 
@@ -585,6 +609,8 @@ def _derive(answers: Answers) -> dict[str, Any]:
         ),
         "features": features,
         "points": contributions(flags),
+        "point_files": POINTS,
+        "summary": summary(answers, flags),
         "routers": routers(layout, features),
         "mod": mod,
         "modules": modules,
