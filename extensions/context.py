@@ -404,37 +404,51 @@ def contributions(flags: Mapping[str, bool]) -> dict[str, list[str]]:
     }
 
 
-# Packages each answer brings into the generated pyproject.toml.
-RUNTIME_DEPENDENCIES: dict[str, tuple[str, ...]] = {
-    "base": ("fastapi[standard]>=0.165.0", "pydantic-settings>=2.16.0"),
-    "sqlalchemy": ("sqlalchemy[asyncio]>=2.1.0", "alembic>=1.20.0"),
-    "sqlmodel": ("sqlmodel>=0.0.50", "sqlalchemy[asyncio]>=2.1.0", "alembic>=1.20.0"),
-    "sqlite": ("aiosqlite>=0.22.0",),
-    "postgresql": ("asyncpg>=0.31.0",),
-    # The rsa extra brings `cryptography`, which MySQL 8's default authentication needs.
-    "mysql": ("aiomysql[rsa]>=0.3.2",),
-    "jwt": ("pyjwt>=2.15.0", "pwdlib[argon2]>=0.3.0"),
-    "celery-redis": ("celery[redis]>=5.7.0",),
-    "celery-rabbitmq": ("celery>=5.7.0",),
-    "taskiq-redis": ("taskiq>=0.13.0", "taskiq-fastapi>=0.5.0", "taskiq-redis>=1.2.0"),
-    "taskiq-rabbitmq": (
-        "taskiq>=0.13.0",
-        "taskiq-fastapi>=0.5.0",
-        "taskiq-aio-pika>=0.6.0",
-        "aio-pika>=10.0.0",
+# The packages each flag brings into the generated pyproject.toml: an option that
+# needs a package adds a line here (with a flag of its own, if none says it yet).
+RUNTIME_DEPENDENCIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("always", ("fastapi[standard]>=0.165.0", "pydantic-settings>=2.16.0")),
+    ("is_sqlalchemy", ("sqlalchemy[asyncio]>=2.1.0", "alembic>=1.20.0")),
+    (
+        "is_sqlmodel",
+        ("sqlmodel>=0.0.50", "sqlalchemy[asyncio]>=2.1.0", "alembic>=1.20.0"),
     ),
-    # Imported directly: the job store without a database, and the broker ping.
-    "redis": ("redis>=8.0.0",),
-}
-DEV_DEPENDENCIES: tuple[str, ...] = (
-    "mypy>=2.4.0",
-    "pre-commit>=4.0.0",
-    "pytest>=9.0.0",
-    "pytest-asyncio>=1.5.0",
-    "pytest-cov>=7.1.0",
-    "pytest-xdist>=3.8.0",
-    "ruff>=0.17.0",
+    ("on_sqlite", ("aiosqlite>=0.22.0",)),
+    ("on_postgresql", ("asyncpg>=0.31.0",)),
+    # The rsa extra brings `cryptography`, which MySQL 8's default authentication needs.
+    ("on_mysql", ("aiomysql[rsa]>=0.3.2",)),
+    ("has_jwt", ("pyjwt>=2.15.0", "pwdlib[argon2]>=0.3.0")),
+    ("celery_on_redis", ("celery[redis]>=5.7.0",)),
+    ("celery_on_rabbitmq", ("celery>=5.7.0",)),
+    ("is_taskiq", ("taskiq>=0.13.0", "taskiq-fastapi>=0.5.0")),
+    ("taskiq_on_redis", ("taskiq-redis>=1.2.0",)),
+    ("taskiq_on_rabbitmq", ("taskiq-aio-pika>=0.6.0", "aio-pika>=10.0.0")),
+    # Imported directly: the job store without a database, and Taskiq's broker ping.
+    ("uses_redis_client", ("redis>=8.0.0",)),
 )
+DEV_DEPENDENCIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "always",
+        (
+            "mypy>=2.4.0",
+            "pre-commit>=4.0.0",
+            "pytest>=9.0.0",
+            "pytest-asyncio>=1.5.0",
+            "pytest-cov>=7.1.0",
+            "pytest-xdist>=3.8.0",
+            "ruff>=0.17.0",
+        ),
+    ),
+    ("is_celery", ("celery-types>=0.26.0",)),
+)
+
+
+def requirements(
+    table: tuple[tuple[str, tuple[str, ...]], ...], flags: Mapping[str, bool]
+) -> list[str]:
+    """The requirements of ``table`` the flags bring in, once each, sorted."""
+    chosen = {req for flag, reqs in table if flags[flag] for req in reqs}
+    return sorted(chosen, key=str.lower)
 
 
 def database_url(engine: str, name: str, host: str) -> str:
@@ -511,6 +525,18 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "jobs_in_memory": background == "fastapi" and not has_db,
         "jobs_in_redis": background in {"celery", "taskiq"} and not has_db,
         "jobs_in_store": background != "none" and not has_db,
+        "is_sqlalchemy": db_library == "sqlalchemy",
+        "is_sqlmodel": db_library == "sqlmodel",
+        "on_sqlite": has_db and db_engine == "sqlite",
+        "on_postgresql": has_db and db_engine == "postgresql",
+        "on_mysql": has_db and db_engine == "mysql",
+        "celery_on_redis": background == "celery" and broker == "redis",
+        "celery_on_rabbitmq": background == "celery" and broker == "rabbitmq",
+        "taskiq_on_redis": background == "taskiq" and broker == "redis",
+        "taskiq_on_rabbitmq": background == "taskiq" and broker == "rabbitmq",
+        "uses_redis_client": background in {"celery", "taskiq"}
+        and broker == "redis"
+        and (background == "taskiq" or not has_db),
         # /ready has dependencies to check: the database, the broker.
         "has_checks": has_db or background in {"celery", "taskiq"},
         "is_large": layout == "large",
@@ -539,15 +565,6 @@ def _derive(answers: Answers) -> dict[str, Any]:
         for depth in range(2, module.count(".") + 1)
     }
 
-    runtime = list(RUNTIME_DEPENDENCIES["base"])
-    if has_db:
-        runtime += RUNTIME_DEPENDENCIES[db_library] + RUNTIME_DEPENDENCIES[db_engine]
-    if flags["has_jwt"]:
-        runtime += RUNTIME_DEPENDENCIES["jwt"]
-    if flags["has_queue"]:
-        runtime += RUNTIME_DEPENDENCIES[f"{background}-{broker}"]
-        if broker == "redis" and (background == "taskiq" or not has_db):
-            runtime += RUNTIME_DEPENDENCIES["redis"]
     features = [
         feature
         for feature, flag in (
@@ -599,7 +616,6 @@ def _derive(answers: Answers) -> dict[str, Any]:
         # What the service connects to in development, and from inside compose.
         "database_url": database_url(engine, db_name, "localhost"),
         "compose_database_url": database_url(engine, db_name, "db"),
-        "is_sqlmodel": db_library == "sqlmodel",
         # SQLModel's own base for request and response models, where it is used.
         "schema_base": "SQLModel" if db_library == "sqlmodel" else "BaseModel",
         "async_session_import": (
@@ -618,13 +634,8 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "model_modules": model_modules,
         "service_import": {f: service_ref(layout, f)[0] for f in FEATURES},
         "service_name": {f: service_ref(layout, f)[1] for f in FEATURES},
-        "runtime_dependencies": sorted(runtime, key=str.lower),
-        "dev_dependencies": sorted(
-            [
-                *DEV_DEPENDENCIES,
-                *(["celery-types>=0.26.0"] if background == "celery" else []),
-            ]
-        ),
+        "runtime_dependencies": requirements(RUNTIME_DEPENDENCIES, flags),
+        "dev_dependencies": requirements(DEV_DEPENDENCIES, flags),
         "py_target": "py" + python.replace(".", ""),
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import copier._main
@@ -235,3 +237,18 @@ def rendering_fast() -> Iterator[None]:
         patch.setattr(jinja2.Environment, "compile", compile_once)
         patch.setattr(copier._main, "is_git_available", lambda: False)
         yield
+
+
+def load_extension(name: str) -> ModuleType:
+    """Load an extension the way copier-template-extensions does: by file path."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(
+        name, ROOT / "extensions" / f"{name}.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_extension
 from tests.matrix import sweep_set
 
-
-def load(name: str) -> ModuleType:
-    """Load an extension the way copier-template-extensions does: by file path."""
-    spec = importlib.util.spec_from_file_location(
-        name, ROOT / "extensions" / f"{name}.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-context = load("context")
-pymodule = load("pymodule")
+context = load_extension("context")
+pymodule = load_extension("pymodule")
 
 DEFAULTS = {
     "project_size": "medium",

@@ -4,6 +4,7 @@ lint-free project with exactly the parts its answers ask for."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import re
@@ -16,9 +17,11 @@ import pytest
 import yaml
 from copier import run_copy
 
-from tests.conftest import render, rendering_fast, run, template_copy
+from tests.conftest import load_extension, render, rendering_fast, run, template_copy
 from tests.matrix import Answers, copier_data, sweep_set, variant_id
 
+context = load_extension("context")
+pymodule = load_extension("pymodule")
 # SWEEP_EVERY=N renders one answer set in N (the benchmarks' quick mode).
 SWEEP = sweep_set()[:: int(os.environ.get("SWEEP_EVERY", "1"))]
 # The sweep runs in batches of at most 24: each renders its answer sets, checks each
@@ -74,6 +77,33 @@ def text_files(project: Path) -> list[Path]:
         if path.is_file()
         and (path.suffix in TEXT_SUFFIXES or path.name.startswith((".", "Dockerfile")))
     ]
+
+
+# Distributions whose import name differs, both ways.
+IMPORTED_AS = {
+    "pyjwt": "jwt",
+    "pydantic-settings": "pydantic_settings",
+    "taskiq-fastapi": "taskiq_fastapi",
+    "taskiq-redis": "taskiq_redis",
+    "taskiq-aio-pika": "taskiq_aio_pika",
+    "aio-pika": "aio_pika",
+}
+IMPORT_NAMES = {name: dist for dist, name in IMPORTED_AS.items()}
+# Imported by the code, installed by what it declares (FastAPI, Celery, ...).
+TRANSITIVE = {"pydantic", "starlette", "anyio", "kombu", "aiormq", "httpx"}
+
+
+def third_party_imports(project: Path) -> set[str]:
+    """The top-level packages the app and the migrations import from outside."""
+    found = set()
+    for path in [*project.glob("app/**/*.py"), *project.glob("migrations/**/*.py")]:
+        # Parsed as the renderer does: PEP 695 syntax also on Python 3.11.
+        for node in ast.walk(pymodule._parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add(node.module.split(".")[0])
+    return found - set(sys.stdlib_module_names) - {"app", "migrations"}
 
 
 def app_code(project: Path) -> str:
@@ -187,25 +217,22 @@ def check_render(answers: Answers, project: Path) -> None:
     assert ("alembic upgrade head" in deploying) == has_db
     assert ("--scale worker=" in deploying) == has_queue
 
-    # Exactly the dependencies the answers need.
-    expected = {"fastapi", "pydantic-settings"}
-    expected |= {"sqlalchemy", "alembic"} if has_db else set()
-    expected |= {"sqlmodel"} if library == "sqlmodel" else set()
+    # Exactly the dependencies the code uses: each declared one is imported (or is
+    # the driver DATABASE_URL names), and each third-party import is declared, by
+    # the project or by a package it declares. The list is the context hook's.
+    declared = dependency_names(project)
+    assert declared == {
+        re.split(r"[\[<>=]", requirement, maxsplit=1)[0]
+        for requirement in context.derive(answers)["runtime_dependencies"]
+    }
+    imported = third_party_imports(project)
     drivers = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "mysql": "aiomysql"}
-    expected |= {drivers[engine]} if has_db else set()
-    expected |= {"pyjwt", "pwdlib"} if has_jwt else set()
-    expected |= {
-        ("celery", "redis"): {"celery"} | ({"redis"} if not has_db else set()),
-        ("celery", "rabbitmq"): {"celery"},
-        ("taskiq", "redis"): {"taskiq", "taskiq-fastapi", "taskiq-redis", "redis"},
-        ("taskiq", "rabbitmq"): {
-            "taskiq",
-            "taskiq-fastapi",
-            "taskiq-aio-pika",
-            "aio-pika",
-        },
-    }.get((background, broker), set())
-    assert dependency_names(project) == expected
+    used = {IMPORT_NAMES.get(name, name) for name in imported} | {"fastapi"}
+    used |= {drivers[engine]} if has_db else set()
+    assert declared == used & declared, f"declared, never imported: {declared - used}"
+    assert imported <= {IMPORTED_AS.get(d, d) for d in declared} | TRANSITIVE, (
+        f"imported, never declared: {imported - {IMPORTED_AS.get(d, d) for d in declared}}"
+    )
 
     # Nothing of an option that was not chosen.
     code = app_code(project)
