@@ -355,6 +355,9 @@ POINTS: dict[str, str] = {
     # `sections()` of its own, and `deploying()` notes. Features (the packages with
     # routes) write their `api()` rows in a file of the same name.
     "readme": "readme.md.jinja",
+    # The generated tests/conftest.py: fixtures at the top level, and macros for
+    # what goes into the shared fixtures (see tests/conftest.py.jinja).
+    "conftest": "conftest.py.jinja",
 }
 
 # In the order their code appears at every point.
