@@ -232,6 +232,11 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "keys_models": _PER_LIBRARY,
     "keys_repository": _PER_LIBRARY,
     "worker": ("background", {"celery": "celery", "taskiq": "taskiq"}),
+    # Jobs are dispatched by FastAPI's BackgroundTasks or through the broker.
+    "jobs_routes": (
+        "background",
+        {"fastapi": "tasks", "celery": "queue", "taskiq": "queue"},
+    ),
 }
 
 
