@@ -636,6 +636,9 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "point_files": POINTS,
         "summary": summary(answers, flags),
         "routers": routers(layout, features),
+        # How routes are declared: on the app (small), or on a router per feature.
+        "routing": "template/_partials/routing/"
+        + ("app.jinja" if layout == "small" else "routers.jinja"),
         "mod": mod,
         "modules": modules,
         "packages": sorted(packages),
