@@ -380,22 +380,34 @@ OPTIONS: tuple[Option, ...] = (
             "compose",
             "ci",
             "readme",
+            "conftest",
         ),
     ),
     Option("health", "has_checks", ("settings",)),
-    Option("jobs", "has_jobs", ("settings", "env_example", "readme")),
+    Option("jobs", "has_jobs", ("settings", "env_example", "readme", "conftest")),
     Option(
         "queue",
         "has_queue",
-        ("settings", "readiness", "env_example", "env", "compose", "ci", "readme"),
+        (
+            "settings",
+            "readiness",
+            "env_example",
+            "env",
+            "compose",
+            "ci",
+            "readme",
+            "conftest",
+        ),
     ),
-    Option("celery", "is_celery", ("settings", "env_example")),
+    Option("celery", "is_celery", ("settings", "env_example", "conftest")),
     Option("jobstore", "jobs_in_redis", ("settings", "lifespan", "env_example")),
-    Option("taskiq", "is_taskiq", ("lifespan",)),
-    Option("auth", "has_jwt", ("settings", "env_example", "env", "readme")),
+    # The suite's job store without a database, whether the app's is Redis or memory.
+    Option("jobstore", "jobs_in_store", ("conftest",)),
+    Option("taskiq", "is_taskiq", ("lifespan", "conftest")),
+    Option("auth", "has_jwt", ("settings", "env_example", "env", "readme", "conftest")),
     # API keys: what both kinds say in the README, and what keys kept in settings
     # (without a database) add to the settings.
-    Option("keys", "has_api_key", ("readme",)),
+    Option("keys", "has_api_key", ("readme", "conftest")),
     Option("keys", "api_keys_in_settings", ("settings", "env_example", "env")),
 )
 
