@@ -636,6 +636,11 @@ def _derive(answers: Answers) -> dict[str, Any]:
         # What the service connects to in development, and from inside compose.
         "database_url": database_url(engine, db_name, "localhost"),
         "compose_database_url": database_url(engine, db_name, "db"),
+        # The idioms of the database library (or of plain Pydantic without one), as
+        # macros for the shared partials: template/_partials/library/.
+        "library": "template/_partials/library/"
+        + ("sqlmodel" if db_library == "sqlmodel" else "sqlalchemy")
+        + ".jinja",
         # SQLModel's own base for request and response models, where it is used.
         "schema_base": "SQLModel" if db_library == "sqlmodel" else "BaseModel",
         "async_session_import": (

@@ -1,7 +1,9 @@
 """Render the sweep's answer sets into a folder, to compare two versions of the template.
 
-    uv run python tests/snapshot.py render DIR      # this work tree's renders into DIR
-    uv run python tests/snapshot.py diff OLD NEW     # what differs between two snapshots
+    uv run python tests/snapshot.py render DIR [TEMPLATE]   # renders into DIR
+    uv run python tests/snapshot.py diff OLD NEW             # what differs
+
+`render` renders this work tree (committed or not), or the template at TEMPLATE.
 
 A refactor of the template should leave every render as it was, except where it means
 to change them: render before, render after, and diff. The secrets generated at copy
@@ -28,14 +30,14 @@ from tests.matrix import copier_data, sweep_set, variant_id  # noqa: E402
 _SECRETS = re.compile(r"^((?:SECRET_KEY|API_KEYS|[A-Z_]*PASSWORD)=).*$", re.MULTILINE)
 
 
-def render_all(destination: Path) -> int:
+def render_all(destination: Path, template: Path | None = None) -> int:
     from copier import run_copy
 
     with tempfile.TemporaryDirectory() as scratch, rendering_fast():
         settings = Path(scratch) / "copier-settings.yml"
         settings.write_text("{}\n")
         os.environ["COPIER_SETTINGS_PATH"] = str(settings)
-        source = str(template_copy())
+        source = str(template or template_copy())
         answer_sets = sweep_set()
         for answers in answer_sets:
             project = destination / variant_id(answers)
@@ -90,8 +92,8 @@ def diff(old: Path, new: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["render"] and len(argv) == 2:
-        count = render_all(Path(argv[1]))
+    if argv[:1] == ["render"] and len(argv) in {2, 3}:
+        count = render_all(Path(argv[1]), Path(argv[2]) if len(argv) == 3 else None)
         print(f"{count} renders in {argv[1]}")
         return 0
     if argv[:1] == ["diff"] and len(argv) == 3:
