@@ -143,6 +143,8 @@ def module_map(layout: str) -> dict[str, str]:
             )
         for part, place in zip(_FEATURE_PARTS, places, strict=True):
             mod[f"{name}_{part}"] = place
+    # A job's work lives beside the job service.
+    mod["jobs_work"] = mod["jobs_service"]
     return mod
 
 
@@ -176,6 +178,7 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
     ("items_service", "has_db"),
     ("jobs_repository", "has_jobs"),
     ("jobs_service", "has_jobs"),
+    ("jobs_work", "has_jobs"),
     ("keys_repository", "api_keys_in_db"),
     ("keys_service", "api_keys_in_db"),
     ("auth_deps", "has_jwt"),
@@ -232,6 +235,16 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "keys_models": _PER_LIBRARY,
     "keys_repository": _PER_LIBRARY,
     "worker": ("background", {"celery": "celery", "taskiq": "taskiq"}),
+    # Jobs are kept in the database, or in a store (memory, Redis).
+    "jobs_service": (
+        "job_storage",
+        {
+            "sqlalchemy": "database",
+            "sqlmodel": "database",
+            "memory": "store",
+            "redis": "store",
+        },
+    ),
     # Jobs are dispatched by FastAPI's BackgroundTasks or through the broker.
     "jobs_routes": (
         "background",
