@@ -235,6 +235,9 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "keys_models": _PER_LIBRARY,
     "keys_repository": _PER_LIBRARY,
     "worker": ("background", {"celery": "celery", "taskiq": "taskiq"}),
+    # Without a database, the job store's dependency: one store per process, or
+    # the Redis store the lifespan opened.
+    "jobs_deps": ("job_storage", {"memory": "memory", "redis": "redis"}),
     # Jobs are kept in the database, or in a store (memory, Redis).
     "jobs_service": (
         "job_storage",
