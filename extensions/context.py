@@ -514,19 +514,24 @@ class Answers:
 
     @classmethod
     def read(cls, context: Mapping[str, Any]) -> Answers:
+        """The answers in ``context`` (a yes/no answer as a bool, others as text)."""
         names = {
             "layout": "project_size",
             "background": "background_tasks",
             "python": "python_version",
             "slug": "project_slug",
         }
-        return cls(
-            **{
-                field.name: str(context[names.get(field.name, field.name)])
-                for field in fields(cls)
-                if names.get(field.name, field.name) in context
-            }
-        )
+        found: dict[str, Any] = {}
+        for field in fields(cls):
+            key = names.get(field.name, field.name)
+            if key not in context:
+                continue
+            value = context[key]
+            if isinstance(field.default, bool):
+                found[field.name] = str(value).lower() in {"true", "yes", "1"}
+            else:
+                found[field.name] = str(value)
+        return cls(**found)
 
 
 @lru_cache(maxsize=256)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,37 @@ def test_an_environment_setting_keeps_the_imports_below_it(tmp_path: Path) -> No
 
     assert tidy.index("os.environ") < tidy.index("from app.main import app")
     assert tidy == ruff_tidy(tidy, tmp_path)
+
+
+def test_answers_read_a_yes_no_answer_as_a_bool() -> None:
+    @dataclass(frozen=True)
+    class WithMetrics(context.Answers):
+        metrics: bool = False
+
+    assert WithMetrics.read({"metrics": True}).metrics is True
+    assert WithMetrics.read({"metrics": "false"}).metrics is False
+    assert WithMetrics.read({"project_size": "large"}).layout == "large"
+    assert WithMetrics.read({}).metrics is False
+
+
+def test_every_contribution_an_answer_set_needs_exists() -> None:
+    for answers in sweep_set():
+        for point, parts in context.derive(answers)["points"].items():
+            for part in parts:
+                assert (ROOT / part).exists(), (point, part)
+
+
+def test_every_option_file_is_a_contribution_some_option_lists() -> None:
+    listed = {
+        f"template/_partials/{option.folder}/{context.POINTS[point]}"
+        for option in context.OPTIONS
+        for point in option.points
+    }
+    point_files = set(context.POINTS.values())
+    found = {
+        str(path.relative_to(ROOT))
+        for folder in {option.folder for option in context.OPTIONS}
+        for path in (ROOT / "template" / "_partials" / folder).glob("*")
+        if path.name in point_files
+    }
+    assert found <= listed, found - listed
