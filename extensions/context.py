@@ -35,6 +35,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "config": "app.config",
         "settings_dep": "app.config",
         "logging": "app.logging",
+        "limits": "app.limits",
         "errors": "app.errors",
         "db_base": "app.db",
         "db_session": "app.db",
@@ -53,6 +54,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "config": "app.core.config",
         "settings_dep": "app.core.config",
         "logging": "app.core.logging",
+        "limits": "app.core.limits",
         "errors": "app.core.errors",
         "db_base": "app.core.db",
         "db_session": "app.core.db",
@@ -71,6 +73,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "config": "app.core.config",
         "settings_dep": "app.api.deps",
         "logging": "app.core.logging",
+        "limits": "app.core.limits",
         "errors": "app.core.errors",
         "db_base": "app.db.base",
         "db_session": "app.db.session",
@@ -155,6 +158,7 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
     ("config", "always"),
     ("settings_dep", "always"),
     ("logging", "always"),
+    ("limits", "always"),
     ("errors", "always"),
     ("db_base", "has_db"),
     ("db_session", "has_db"),
@@ -283,6 +287,19 @@ def summary(answers: Answers, flags: Mapping[str, bool]) -> str:
     return ", ".join(parts)
 
 
+def feature_errors(flags: Mapping[str, bool]) -> dict[str, list[int]]:
+    """The error statuses every route of each feature may answer with."""
+    guarded = [401] if flags["has_auth"] else []
+    jobs_on_server = flags["has_db"] or flags["has_queue"]
+    return {
+        "health": [],
+        "auth": [503],
+        "users": [401, 503],
+        "items": [*guarded, 503],
+        "jobs": [*guarded, *([503] if jobs_on_server else [])],
+    }
+
+
 class Router(NamedTuple):
     """A router the app includes: how main.py imports it, its name there, and the
     arguments after it in ``include_router``."""
@@ -383,6 +400,8 @@ POINTS: dict[str, str] = {
 
 # In the order their code appears at every point.
 OPTIONS: tuple[Option, ...] = (
+    # Every service refuses request bodies over MAX_REQUEST_BODY_BYTES.
+    Option("limits", "always", ("settings", "middleware", "env_example", "readme")),
     Option(
         "db",
         "has_db",
@@ -674,6 +693,11 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "point_files": POINTS,
         "summary": summary(answers, flags),
         "routers": routers(layout, features),
+        # The features whose routes need an API key.
+        "key_protected": ["items", "jobs"] if flags["has_api_key"] else [],
+        # The errors every route of a feature may answer with (each route adds its
+        # own): 401 where credentials are needed, 503 where a server is.
+        "feature_errors": feature_errors(flags),
         # How routes are declared: on the app (small), or on a router per feature.
         "routing": "template/_partials/routing/"
         + ("app.jinja" if layout == "small" else "routers.jinja"),
