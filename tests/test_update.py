@@ -11,16 +11,24 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from copier import run_copy, run_update
 
-from tests.conftest import ROOT, run, sync, tool_env, uv
+from tests.conftest import BROKER_URLS, ROOT, run, sync, tool_env, uv
 
 RELEASES: list[dict[str, str]] = yaml.safe_load((ROOT / "releases.yml").read_text())
 TEST_TAG = "v999.0.0"  # above every real release, so Copier takes it as the newest
@@ -306,6 +314,179 @@ def test_switching_auth_on_gives_a_working_service_on_a_fresh_database(
     assert (project / "app" / "auth" / "router.py").exists()
     assert "SECRET_KEY" not in (project / ".env").read_text()  # .env is never rewritten
     project_checks_pass(project)
+
+
+# Switching worker tool on one broker: both tools' entities stay on the broker (a
+# drained queue is not deleted), so their names must not clash.
+WORKERS = {
+    "taskiq": ["-m", "taskiq", "worker", "app.worker:broker", "--workers", "1"],
+    "celery": ["-m", "celery", "-A", "app.worker", "worker", "--pool=solo"],
+}
+JOB_WAIT_SECONDS = 30
+# Deletes what either tool, of this release or an earlier one, made for JOB_QUEUE;
+# runs in the service's venv, which holds kombu (Celery) or aio_pika (Taskiq).
+REMOVE_QUEUES = """
+import sys
+url, queue = sys.argv[1:]
+if url.startswith("redis"):
+    from redis import Redis
+    client = Redis.from_url(url)
+    for key in client.scan_iter(f"*{queue}*"):
+        client.delete(key)
+    client.close()
+    raise SystemExit
+queues = [queue, f"{queue}.dead_letter", f"{queue}.taskiq", f"{queue}.taskiq.dead_letter"]
+exchanges = [queue, f"{queue}.taskiq"]
+try:
+    from kombu import Connection
+except ImportError:
+    import asyncio
+    import aio_pika
+
+    async def remove():
+        async with await aio_pika.connect(url) as connection:
+            channel = await connection.channel()
+            for name in queues:
+                await channel.queue_delete(name)
+            for name in exchanges:
+                await channel.exchange_delete(name)
+
+    asyncio.run(remove())
+else:
+    with Connection(url) as connection:
+        channel = connection.channel()
+        for name in queues:
+            channel.queue_delete(name)
+        for name in exchanges:
+            channel.exchange_delete(name)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def call(method: str, url: str, body: object = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+@contextmanager
+def started(
+    project: Path, arguments: list[str], env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A process of the service, in its venv; stopped whatever happens."""
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [project / ".venv" / "bin" / "python", *arguments],
+            cwd=project,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def run_a_job(project: Path, tool: str, env: dict[str, str], logs: Path) -> None:
+    """Start the API and a worker of ``tool``, submit a job, see it succeed."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    api = ["-m", "uvicorn", "app.main:app", "--port", str(port)]
+    worker_log, api_log = logs / f"{tool}-worker.log", logs / f"{tool}-api.log"
+    with ExitStack() as stack:
+        stack.enter_context(started(project, WORKERS[tool], env, worker_log))
+        server = stack.enter_context(started(project, api, env, api_log))
+        deadline = time.monotonic() + JOB_WAIT_SECONDS
+        while True:
+            assert server.poll() is None, api_log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the API did not start"
+            try:
+                if call("GET", base + "/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        status, job = call(
+            "POST", base + "/api/v1/jobs", {"text": "four words to count"}
+        )
+        assert status == 202, (
+            f"{tool}: POST /api/v1/jobs answered {status} {job}\n"
+            f"{api_log.read_text()[-2000:]}\n{worker_log.read_text()[-2000:]}"
+        )
+        while job["status"] not in {"succeeded", "failed"}:
+            assert time.monotonic() < deadline, (
+                f"{tool}: the job is still {job['status']}\n"
+                f"{worker_log.read_text()[-3000:]}"
+            )
+            time.sleep(0.2)
+            job = call("GET", f"{base}/api/v1/jobs/{job['id']}")[1]
+    assert job["status"] == "succeeded", job
+    assert job["result"] == {"word_count": 4}
+
+
+@pytest.mark.variant
+@pytest.mark.parametrize("broker", ["rabbitmq", "redis"])
+def test_switching_worker_tool_on_one_broker_keeps_jobs_running(
+    template: Snapshot, tmp_path: Path, broker: str
+) -> None:
+    # docs/updating.md: drain the old workers, switch, start the new ones. What the
+    # old tool left on the broker (its queue, exchange or stream) must not break them.
+    project = generate(
+        template,
+        tmp_path / "service",
+        {
+            "auth": "none",
+            "db_engine": "sqlite",
+            "background_tasks": "taskiq",
+            "broker": broker,
+        },
+        template.tag,
+    )
+    queue = f"switch-{uuid.uuid4().hex[:12]}"
+    env = tool_env() | {
+        "BROKER_URL": BROKER_URLS[broker],
+        "JOB_QUEUE": queue,
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/jobs.sqlite3",
+        "ENVIRONMENT": "development",
+    }
+    try:
+        sync(project)
+        commit_all(project, "Lock")
+        run(
+            uv(), "run", "--no-sync", "alembic", "upgrade", "head", cwd=project, env=env
+        )
+        run_a_job(project, "taskiq", env, tmp_path)
+
+        update(project, template, background_tasks="celery")
+        sync(project)
+        commit_all(project, "Celery")
+        run_a_job(project, "celery", env, tmp_path)
+
+        update(project, template, background_tasks="taskiq")
+        sync(project)
+        run_a_job(project, "taskiq", env, tmp_path)
+    finally:
+        python = project / ".venv" / "bin" / "python"
+        if python.exists():
+            run(python, "-c", REMOVE_QUEUES, BROKER_URLS[broker], queue, cwd=tmp_path)
 
 
 def test_check_update_reports_the_newer_version(
