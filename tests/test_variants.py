@@ -5,9 +5,16 @@ coverage gate, its migrations and mypy --strict."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,6 +99,142 @@ def test_variant_installs_and_passes_its_own_checks(
             uv_run("alembic", "check")
             uv_run("alembic", "downgrade", "base")
     uv_run("mypy", "--strict", *checked)
+
+    # Served for real, on its real database and broker, and fuzzed from its schema.
+    with migration_database(engine, env):
+        fuzz_served(project, answers, env)
+
+
+# What the fuzzer checks: no 5xx, every answer in its documented shape and status,
+# and no 2xx to a request the schema forbids. Bounded: 25 examples an operation.
+FUZZ = [
+    "--phases=coverage,fuzzing,stateful",
+    "--max-examples=25",
+    "--seed=1",
+    "--workers=1",
+    "--generation-database=none",
+    "--no-color",
+    "--checks=not_a_server_error,response_schema_conformance,"
+    "negative_data_rejection,status_code_conformance",
+]
+PASSWORD = "a long fuzzing passphrase"
+
+
+def fuzz_served(project: Path, answers: dict[str, str], env: dict[str, str]) -> None:
+    """Serve the variant with uvicorn, signed in as its auth requires (an admin where
+    admin routes exist), and run schemathesis against its OpenAPI schema."""
+    env = env | {"ENVIRONMENT": "production", "LOG_LEVEL": "WARNING"}
+    env["SECRET_KEY"] = secrets.token_urlsafe(32)
+    if answers["db_library"] != "none":
+        if "DATABASE_URL" not in env or env["DATABASE_URL"].startswith("sqlite"):
+            env["DATABASE_URL"] = f"sqlite+aiosqlite:///{project}/fuzz.sqlite3"
+        run(
+            uv(), "run", "--no-sync", "alembic", "upgrade", "head", cwd=project, env=env
+        )
+    queue = f"fuzz-{secrets.token_hex(4)}"
+    if "BROKER_URL" in env:
+        env["JOB_QUEUE"] = queue
+    headers = credentials(project, answers, env)
+    port = free_port()
+    server = subprocess.Popen(
+        [uv(), "run", "--no-sync", "uvicorn", "app.main:app", "--port", str(port)],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_serving(base, server)
+        headers |= sign_in(base, answers)
+        command = [str(Path(sys.executable).parent / "schemathesis"), "run"]
+        command += [f"{base}/openapi.json", *FUZZ]
+        command += [f"--header={name}: {value}" for name, value in headers.items()]
+        completed = subprocess.run(
+            command, capture_output=True, text=True, timeout=300, check=False
+        )
+    finally:
+        server.terminate()
+        _, errors = server.communicate(timeout=30)
+        if "BROKER_URL" in env:
+            forget_queue(project, env, queue)
+    report = completed.stdout + completed.stderr
+    assert completed.returncode == 0, f"{report[-8000:]}\nserver:\n{errors[-4000:]}"
+    assert " passed" in report
+
+
+def credentials(
+    project: Path, answers: dict[str, str], env: dict[str, str]
+) -> dict[str, str]:
+    """What the fuzzer sends to get past the variant's auth (set up before serving)."""
+    cli = [uv(), "run", "--no-sync", "python", "-m", "app.cli"]
+    if answers["auth"] == "jwt":
+        completed = subprocess.run(
+            [*cli, "create-admin", "fuzz@example.com"],
+            cwd=project,
+            env=env,
+            input=f"{PASSWORD}\n",
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert "Created admin" in completed.stdout
+        return {}
+    if answers["auth"] == "api_key" and answers["db_library"] != "none":
+        created = run(*cli, "create-api-key", "fuzzer", cwd=project, env=env)
+        return {"X-API-Key": created.strip().splitlines()[-1]}
+    if answers["auth"] == "api_key":
+        key = secrets.token_urlsafe(32)
+        env["API_KEYS"] = json.dumps([key])
+        return {"X-API-Key": key}
+    return {}
+
+
+def sign_in(base: str, answers: dict[str, str]) -> dict[str, str]:
+    if answers["auth"] != "jwt":
+        return {}
+    form = urllib.parse.urlencode(
+        {"username": "fuzz@example.com", "password": PASSWORD}
+    )
+    request = urllib.request.Request(f"{base}/api/v1/auth/token", data=form.encode())
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        token = json.load(answer)["access_token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def wait_until_serving(base: str, server: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"the server stopped: {server.stderr}"
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("the server did not answer /health within 60 s")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def forget_queue(project: Path, env: dict[str, str], queue: str) -> None:
+    """Delete what the fuzz run left on the broker, with the project's own helper."""
+    remove = f"from tests.test_worker import remove_queue; remove_queue({queue!r})"
+    run(
+        uv(),
+        "run",
+        "--no-sync",
+        "python",
+        "-c",
+        remove,
+        cwd=project,
+        env=env | {"INTEGRATION_BROKER_URL": env["BROKER_URL"]},
+    )
 
 
 @contextmanager

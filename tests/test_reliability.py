@@ -1,0 +1,384 @@
+"""A served variant, on its real database, keeps its promises under trouble: a client
+generated from its schema parses its real errors, a database outage is a 503 and the
+service recovers by itself, and concurrent requests cannot both win a race."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib
+import json
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import (
+    SERVER_URLS,
+    render,
+    run,
+    server_sql,
+    server_url,
+    sync,
+    tool_env,
+    uv,
+)
+
+TOOLS = Path(sys.executable).parent
+PASSWORD = "a long reliable passphrase"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+def call(
+    method: str,
+    url: str,
+    *,
+    json_body: object = None,
+    form: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Answer:
+    """One HTTP request; errors are answers too."""
+    data, sent = None, dict(headers or {})
+    if json_body is not None:
+        data, sent["Content-Type"] = json.dumps(json_body).encode(), "application/json"
+    if form is not None:
+        data = urllib.parse.urlencode(form).encode()
+    request = urllib.request.Request(url, data=data, headers=sent, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            raw = response.read()
+            status, answered = response.status, dict(response.headers)
+    except urllib.error.HTTPError as error:
+        raw, status, answered = error.read(), error.code, dict(error.headers)
+    lowered = {name.lower(): value for name, value in answered.items()}
+    return Answer(status, lowered, json.loads(raw) if raw else None)
+
+
+class Proxy:
+    """A TCP proxy on a loopback port to a server, which can be cut and restored:
+    an outage of the server, as the service sees it, without stopping the server
+    (other tests use it)."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Stopped at the end, whatever happened."""
+        try:
+            yield
+        finally:
+            self.cut()
+
+    def start(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self.port), reuse_port=True)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            with self._lock:
+                self._sockets |= {client, server}
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(
+                    target=self._pipe, args=(source, target), daemon=True
+                ).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        with suppress(OSError):
+            while data := source.recv(65536):
+                target.sendall(data)
+        with suppress(OSError):
+            target.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Refuse new connections and drop the open ones."""
+        assert self._listener is not None
+        # shutdown() wakes the thread blocked in accept(); close() alone does not.
+        with suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        with self._lock:
+            for open_socket in self._sockets:
+                with suppress(OSError):
+                    open_socket.shutdown(socket.SHUT_RDWR)
+                open_socket.close()
+            self._sockets.clear()
+
+
+@dataclass
+class Service:
+    project: Path
+    env: dict[str, str]
+    engine: str
+
+
+@pytest.fixture(scope="module", params=sorted(SERVER_URLS))
+def service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    """The default answers on a database server, installed, with a migrated database
+    of their own."""
+    engine: str = request.param
+    project = render(
+        tmp_path_factory.mktemp(engine) / "service",
+        {"db_engine": engine, "background_tasks": "none"},
+    )
+    sync(project)
+    name = f"reliability_{secrets.token_hex(4)}"
+    server_sql(engine, f"CREATE DATABASE {name}")
+    env = tool_env() | {
+        "DATABASE_URL": server_url(engine, name),
+        "ENVIRONMENT": "production",
+        "SECRET_KEY": secrets.token_urlsafe(32),
+        "LOG_LEVEL": "WARNING",
+    }
+    try:
+        run(
+            uv(), "run", "--no-sync", "alembic", "upgrade", "head", cwd=project, env=env
+        )
+        yield Service(project, env, engine)
+    finally:
+        server_sql(engine, f"DROP DATABASE {name}")
+
+
+@contextmanager
+def serving(project: Path, env: dict[str, str]) -> Iterator[tuple[str, list[str]]]:
+    """uvicorn on a free loopback port; the base URL, and what it logged once it
+    stopped."""
+    port = free_port()
+    command = [uv(), "run", "--no-sync", "uvicorn", "app.main:app"]
+    server = subprocess.Popen(
+        [*command, "--port", str(port), "--no-access-log"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    logged: list[str] = []
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, "the service stopped before it served"
+            with suppress(OSError):
+                if call("GET", f"{base}/health").status == 200:
+                    break
+            assert time.monotonic() < deadline, "the service did not serve in 60 s"
+            time.sleep(0.1)
+        yield base, logged
+    finally:
+        server.terminate()
+        _, errors = server.communicate(timeout=30)
+        logged.append(errors)
+
+
+def register_and_sign_in(base: str, email: str) -> dict[str, Any]:
+    registered = call(
+        "POST",
+        f"{base}/api/v1/auth/register",
+        json_body={"email": email, "password": PASSWORD},
+    )
+    assert registered.status == 201, registered.body
+    signed_in = call(
+        "POST",
+        f"{base}/api/v1/auth/token",
+        form={"username": email, "password": PASSWORD},
+    )
+    assert signed_in.status == 200, signed_in.body
+    tokens: dict[str, Any] = signed_in.body
+    return tokens
+
+
+def test_database_outage_returns_503_then_the_service_recovers(
+    service: Service,
+) -> None:
+    upstream = urllib.parse.urlsplit(server_url(service.engine)).port
+    assert upstream is not None
+    proxy = Proxy(upstream)
+    proxy.start()
+    through_proxy = service.env["DATABASE_URL"].replace(
+        f"127.0.0.1:{upstream}", f"127.0.0.1:{proxy.port}"
+    )
+    env = service.env | {"DATABASE_URL": through_proxy}
+    with serving(service.project, env) as (base, logged), proxy.running():
+        tokens = register_and_sign_in(base, "outage@example.com")
+        me = {"Authorization": f"Bearer {tokens['access_token']}"}
+        assert call("GET", f"{base}/api/v1/users/me", headers=me).status == 200
+
+        proxy.cut()
+        down = [call("GET", f"{base}/api/v1/users/me", headers=me) for _ in range(3)]
+        live = call("GET", f"{base}/health")
+        ready = call("GET", f"{base}/ready")
+
+        proxy.start()
+        deadline = time.monotonic() + 20
+        while (
+            back := call("GET", f"{base}/api/v1/users/me", headers=me)
+        ).status != 200:
+            assert time.monotonic() < deadline, (
+                f"no recovery: {back.status} {back.body}"
+            )
+            time.sleep(0.2)
+
+    for answer in down:
+        assert answer.status == 503, answer.body
+        assert answer.headers["retry-after"] == "5"
+        assert answer.body["error"]["code"] == "service_unavailable"
+    assert live.status == 200
+    assert ready.status == 503
+    assert ready.body["checks"]["database"] == "unavailable"
+    # One log line per failed request, never a traceback.
+    assert "Traceback" not in logged[0]
+    assert "The database is not available" in logged[0]
+
+
+def concurrently(*requests: Any) -> list[Answer]:
+    """Send the requests at the same moment, from threads."""
+    start = threading.Barrier(len(requests))
+
+    def send(request: Any) -> Answer:
+        start.wait()
+        answer: Answer = request()
+        return answer
+
+    with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(send, requests))
+
+
+def test_concurrent_refreshes_of_one_token_let_one_win_and_revoke_the_family(
+    service: Service,
+) -> None:
+    with serving(service.project, service.env) as (base, _):
+        tokens = register_and_sign_in(base, f"race-{secrets.token_hex(4)}@example.com")
+        spent = {"refresh_token": tokens["refresh_token"]}
+
+        def refresh() -> Answer:
+            return call("POST", f"{base}/api/v1/auth/refresh", json_body=spent)
+
+        answers = concurrently(refresh, refresh)
+        winners = [answer for answer in answers if answer.status == 200]
+        losers = [answer for answer in answers if answer.status != 200]
+        assert len(winners) == 1, [(a.status, a.body) for a in answers]
+        assert losers[0].status == 401
+        # The race was a replay: the winner's new token is revoked with its family.
+        new_token = {"refresh_token": winners[0].body["refresh_token"]}
+        after = call("POST", f"{base}/api/v1/auth/refresh", json_body=new_token)
+
+    assert after.status == 401
+
+
+def test_concurrent_registrations_of_one_email_give_one_201_and_one_409(
+    service: Service,
+) -> None:
+    account = {
+        "email": f"twice-{secrets.token_hex(4)}@example.com",
+        "password": PASSWORD,
+    }
+    with serving(service.project, service.env) as (base, _):
+
+        def register() -> Answer:
+            return call("POST", f"{base}/api/v1/auth/register", json_body=account)
+
+        answers = concurrently(register, register)
+
+    assert sorted(answer.status for answer in answers) == [201, 409]
+    conflict = next(answer for answer in answers if answer.status == 409)
+    assert conflict.body["error"]["code"] == "conflict"
+
+
+def test_client_generated_from_the_schema_parses_real_errors(
+    tmp_path: Path,
+) -> None:
+    """The schema documents each error as it is sent: a client generated from it
+    with openapi-python-client parses a real 422, 401 and 404."""
+    project = render(tmp_path / "service", {"background_tasks": "none"})
+    sync(project)
+    env = tool_env() | {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/app.db"}
+    run(uv(), "run", "--no-sync", "alembic", "upgrade", "head", cwd=project, env=env)
+    with serving(project, env) as (base, _):
+        schema = call("GET", f"{base}/openapi.json").body
+        (tmp_path / "openapi.json").write_text(json.dumps(schema))
+        generator_env = tool_env() | {"PATH": f"{TOOLS}:{tool_env()['PATH']}"}
+        run(
+            TOOLS / "openapi-python-client",
+            "generate",
+            "--path=openapi.json",
+            "--output-path=generated_client",
+            "--meta=none",
+            cwd=tmp_path,
+            env=generator_env,
+        )
+        sys.path.insert(0, str(tmp_path))
+        try:
+            client = importlib.import_module("generated_client")
+            models = importlib.import_module("generated_client.models")
+            create_item = importlib.import_module(
+                "generated_client.api.items.items_create_item"
+            )
+            read_item = importlib.import_module(
+                "generated_client.api.items.items_read_item"
+            )
+            read_me = importlib.import_module(
+                "generated_client.api.users.users_read_current_user"
+            )
+            tokens = register_and_sign_in(base, "client@example.com")
+            anonymous = client.Client(base_url=base)
+            signed_in = client.AuthenticatedClient(
+                base_url=base, token=tokens["access_token"]
+            )
+            invalid = create_item.sync_detailed(
+                client=signed_in, body=models.ItemCreate(name="")
+            )
+            unauthorized = read_me.sync_detailed(client=anonymous)
+            missing = read_item.sync_detailed(client=signed_in, item_id=2_000_000)
+        finally:
+            sys.path.remove(str(tmp_path))
+            for name in list(sys.modules):
+                if name.startswith("generated_client"):
+                    del sys.modules[name]
+
+    for answer, status, code in (
+        (invalid, 422, "validation_error"),
+        (unauthorized, 401, "unauthorized"),
+        (missing, 404, "not_found"),
+    ):
+        assert answer.status_code == status
+        assert isinstance(answer.parsed, models.ErrorResponse), answer.parsed
+        assert answer.parsed.error.code == code
+    assert invalid.parsed.error.details[0].loc == ["body", "name"]
