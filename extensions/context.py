@@ -506,12 +506,14 @@ def requirements(
     return sorted(chosen, key=str.lower)
 
 
-def database_url(engine: str, name: str, host: str) -> str:
-    """The default DATABASE_URL of an engine; compose's database has these names."""
+def database_url(engine: str, name: str, host: str, password: str = "") -> str:
+    """DATABASE_URL for an engine, in compose's names (user ``app``, database
+    ``name``), with ``password`` after the user where one is given."""
+    user = f"app:{password}" if password else "app"
     if engine == "postgresql":
-        return f"postgresql+asyncpg://app:app@{host}:5432/{name}"
+        return f"postgresql+asyncpg://{user}@{host}:5432/{name}"
     if engine == "mysql":
-        return f"mysql+aiomysql://app:app@{host}:3306/{name}?charset=utf8mb4"
+        return f"mysql+aiomysql://{user}@{host}:3306/{name}?charset=utf8mb4"
     if host == "db":  # SQLite inside a container: the file is on a volume
         return "sqlite+aiosqlite:////data/app.db"
     return "sqlite+aiosqlite:///./app.db"
@@ -651,16 +653,26 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "server_engine": engine in {"postgresql", "mysql"},
         "db_name": db_name,
         "broker": broker if flags["has_queue"] else "none",
-        # compose's broker has these names (RabbitMQ's guest may not connect remotely).
+        # The broker in compose's names (RabbitMQ's guest may not connect remotely):
+        # the settings' default, without a password; what .env says, with the
+        # BROKER_PASSWORD .env also holds (python-dotenv expands it); and what the
+        # containers get, which compose expands, refusing to start without it.
         "broker_url": (
-            "redis://localhost:6379/0"
+            "redis://127.0.0.1:6379/0"
             if broker == "redis"
-            else "amqp://app:app@localhost:5672//"
+            else "amqp://app@127.0.0.1:5672//"
+        ),
+        "env_broker_url": (
+            "redis://:${BROKER_PASSWORD}@127.0.0.1:6379/0"
+            if broker == "redis"
+            else "amqp://app:${BROKER_PASSWORD}@127.0.0.1:5672//"
         ),
         "compose_broker_url": (
-            "redis://broker:6379/0"
+            "redis://:${BROKER_PASSWORD:?set it in .env (see .env.example)}"
+            "@broker:6379/0"
             if broker == "redis"
-            else "amqp://app:app@broker:5672//"
+            else "amqp://app:${BROKER_PASSWORD:?set it in .env (see .env.example)}"
+            "@broker:5672//"
         ),
         "worker_command": (
             ["celery", "-A", "app.worker", "worker", "--loglevel=INFO"]
@@ -673,9 +685,15 @@ def _derive(answers: Answers) -> dict[str, Any]:
             if engine == "mysql"
             else "sa.DateTime(timezone=True)"
         ),
-        # What the service connects to in development, and from inside compose.
-        "database_url": database_url(engine, db_name, "localhost"),
-        "compose_database_url": database_url(engine, db_name, "db"),
+        # What the service connects to in development (the settings' default, without
+        # a password, and .env's, with its DB_PASSWORD), and from inside compose.
+        "database_url": database_url(engine, db_name, "127.0.0.1"),
+        "env_database_url": database_url(
+            engine, db_name, "127.0.0.1", "${DB_PASSWORD}"
+        ),
+        "compose_database_url": database_url(
+            engine, db_name, "db", "${DB_PASSWORD:?set it in .env (see .env.example)}"
+        ),
         # The idioms of the database library (or of plain Pydantic without one), as
         # macros for the shared partials: template/_partials/library/.
         "library": "template/_partials/library/"
@@ -726,3 +744,8 @@ class ContextUpdater(ContextHook):
         context.update(derive(context))
         context["generated_secret_key"] = secrets.token_urlsafe(48)
         context["generated_api_key"] = secrets.token_urlsafe(32)
+        # The passwords of compose's database (its user, and MySQL's root) and
+        # broker, for .env too. Hex: safe in a URL, a shell and a command line (a
+        # URL-safe token may start with `--`, which redis-server reads as an option).
+        for name in ("db", "db_root", "broker"):
+            context[f"generated_{name}_password"] = secrets.token_hex(24)
