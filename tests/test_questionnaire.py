@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -117,22 +118,56 @@ def test_refusal_through_the_cli_with_data_writes_nothing(tmp_path: Path) -> Non
     assert not destination.exists() or not any(destination.iterdir())
 
 
-def test_secret_key_is_only_in_the_git_ignored_env_file(tmp_path: Path) -> None:
-    project = render(tmp_path / "service", {})
+# The secrets each answer set gets, and the fewest random bytes in each.
+SECRETS = [
+    ({}, {"SECRET_KEY": 32}),
+    (
+        {"db_engine": "postgresql", "background_tasks": "taskiq", "broker": "rabbitmq"},
+        {"SECRET_KEY": 32, "DB_PASSWORD": 24, "BROKER_PASSWORD": 24},
+    ),
+    (
+        {"db_engine": "mysql", "background_tasks": "celery", "broker": "redis"},
+        {
+            "SECRET_KEY": 32,
+            "DB_PASSWORD": 24,
+            "DB_ROOT_PASSWORD": 24,
+            "BROKER_PASSWORD": 24,
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("answers", "expected"), SECRETS, ids=["defaults", "postgresql", "mysql"]
+)
+def test_secrets_are_only_in_the_git_ignored_env_file(
+    tmp_path: Path, answers: dict[str, str], expected: dict[str, int]
+) -> None:
+    project = render(tmp_path / "service", answers)
 
     env = dict(
         line.split("=", 1)
         for line in (project / ".env").read_text().splitlines()
         if line and not line.startswith("#")
     )
-    secret = env["SECRET_KEY"]
-    assert len(secret) >= 43  # 32 random bytes at least, url-safe base64
+    secrets = {
+        name: value
+        for name, value in env.items()
+        if name == "SECRET_KEY" or name.endswith("PASSWORD")
+    }
+    assert set(secrets) == set(expected)
     assert ".env" in (project / ".gitignore").read_text().splitlines()
-    assert "SECRET_KEY=change-me" in (project / ".env.example").read_text()
+    example = (project / ".env.example").read_text()
     tracked = [
         path for path in project.rglob("*") if path.is_file() and path.name != ".env"
     ]
-    assert not [path for path in tracked if secret in path.read_text(errors="ignore")]
+    for name, secret in secrets.items():
+        # Hex for the passwords, URL-safe base64 for the key: each fits in a URL.
+        assert re.fullmatch(r"[A-Za-z0-9_-]+", secret), name
+        bits = 4 if name.endswith("PASSWORD") else 6
+        assert len(secret) * bits >= expected[name] * 8, name
+        assert f"{name}=change-me" in example, name
+        assert not [p for p in tracked if secret in p.read_text(errors="ignore")], name
 
 
 def test_every_render_gets_its_own_secret(tmp_path: Path) -> None:

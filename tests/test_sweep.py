@@ -46,7 +46,12 @@ DEPLOYMENT_VALIDATORS = {
         ["check-jsonschema", "--builtin-schema", "vendor.github-workflows"],
     ],
     ".pre-commit-config.yaml": [["pre-commit", "validate-config"]],
+    # Only where there is a database server or a broker (check_render says when).
+    "compose.dev.yaml": [
+        ["check-jsonschema", "--builtin-schema", "vendor.compose-spec"]
+    ],
 }
+OPTIONAL_DEPLOYMENT_FILES = {"compose.dev.yaml"}
 _validated: set[tuple[str, str]] = set()
 
 
@@ -62,6 +67,8 @@ def validate_deployment_files(projects: list[Path]) -> None:
             unseen: dict[str, Path] = {}
             for project in projects:
                 path = project / relative
+                if relative in OPTIONAL_DEPLOYMENT_FILES and not path.exists():
+                    continue
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
                 if (tool, digest) not in _validated:
                     unseen.setdefault(digest, path)
@@ -282,6 +289,106 @@ def check_render(answers: Answers, project: Path) -> None:
         for volume in service.get("volumes", [])
     }
     assert mounted == set(compose.get("volumes", {}))
+
+    # compose.yaml publishes the API alone; compose.dev.yaml, which exists exactly when
+    # there is a database server or a broker, publishes those on 127.0.0.1 only.
+    servers = ({"db"} if engine in {"postgresql", "mysql"} else set()) | (
+        {"broker"} if has_queue else set()
+    )
+    published = {name for name, sv in compose["services"].items() if "ports" in sv}
+    assert published == {"app"}
+    assert compose["services"]["app"]["ports"] == ["8000:8000"]
+    assert (project / "compose.dev.yaml").exists() == bool(servers)
+    dev = (
+        yaml.safe_load((project / "compose.dev.yaml").read_text())
+        if servers
+        else {"services": {}}
+    )
+    assert set(dev["services"]) == servers
+    for name, service in dev["services"].items():
+        assert set(service) == {"ports"}, name
+        assert all(port.startswith("127.0.0.1:") for port in service["ports"]), name
+
+    # Their passwords are generated into .env only, and .env.example names them.
+    def variables(path: Path) -> dict[str, str]:
+        return dict(
+            line.split("=", 1)
+            for line in path.read_text().splitlines()
+            if line and not line.startswith("#")
+        )
+
+    env = variables(project / ".env")
+    example = variables(project / ".env.example")
+    passwords = {
+        "DB_PASSWORD": "db" in servers,
+        "DB_ROOT_PASSWORD": engine == "mysql",
+        "BROKER_PASSWORD": has_queue,
+    }
+    expected = {name for name, wanted in passwords.items() if wanted}
+    assert {name for name in env if name.endswith("PASSWORD")} == expected
+    assert {name for name in example if name.endswith("PASSWORD")} == expected
+    assert all(example[name] == "change-me" for name in expected)
+    generated = [
+        value
+        for name, value in env.items()
+        if name.endswith("PASSWORD") or name in {"SECRET_KEY", "API_KEYS"}
+    ]
+    example_text = (project / ".env.example").read_text()
+    assert not [value for value in generated if value in example_text]
+    # .env's URLs (python-dotenv expands them) and the containers' carry them.
+    app_environment = compose["services"]["app"].get("environment", {})
+    for setting, password, wanted in (
+        ("DATABASE_URL", "DB_PASSWORD", "db" in servers),
+        ("BROKER_URL", "BROKER_PASSWORD", has_queue),
+    ):
+        if wanted:
+            assert f":${{{password}}}@127.0.0.1:" in env[setting], setting
+            assert example[setting] == env[setting], setting
+            assert f":${{{password}:?" in app_environment[setting], setting
+    if broker == "redis":
+        redis = compose["services"]["broker"]
+        assert redis["command"][:2] == ["redis-server", "--requirepass"]
+        assert redis["command"][2].startswith("${BROKER_PASSWORD:?")
+        assert redis["environment"]["REDISCLI_AUTH"] == redis["command"][2]
+
+    # No password is written in either compose file: every one is a ${VAR:?why}
+    # reference to .env (or $$VAR, the container's own variable), and every
+    # variable they use is in .env and .env.example.
+    def texts(node: object) -> Iterator[str]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield str(key)
+                yield from texts(value)
+        elif isinstance(node, list):
+            for item in node:
+                yield from texts(item)
+        else:
+            yield str(node)
+
+    reference = re.compile(r"\$\{\w+:\?[^}]+\}")
+    for document in (compose, dev):
+        for service in document["services"].values():
+            environment = service.get("environment", {})
+            for key, value in environment.items():
+                if re.search("PASS|AUTH|SECRET|KEY", key):
+                    assert reference.fullmatch(value), key
+            for text in texts(service):
+                assert set(re.findall(r"\$\$(\w+)", text)) <= set(environment), text
+        strings = list(texts(document))
+        used = set()
+        for text in strings:
+            for found in re.finditer(r"(?<!\$)\$\{([^}]*)\}", text):
+                assert reference.fullmatch(found.group()), found.group()
+                used.add(found.group(1).split(":", 1)[0])
+            assert not re.search(r"(?<!\$)\$(?![{$])", text), text  # $VAR: unchecked
+            for password in re.findall(r"://[^/@\s:]*:(\$\{[^}]*\}|[^@\s/]*)@", text):
+                assert reference.fullmatch(password), text
+            for password in re.findall(
+                r"(?:^|\s)(?:-p|--password=)\"?([^\s\"]+)", text
+            ):
+                assert password.startswith("$$"), text
+        assert not [value for value in generated if value in "\n".join(strings)]
+        assert used <= set(env) & set(example), used - (set(env) & set(example))
     workflow = yaml.safe_load(
         (project / ".github" / "workflows" / "ci.yml").read_text()
     )
