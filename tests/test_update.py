@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -381,6 +382,18 @@ def call(method: str, url: str, body: object = None) -> tuple[int, Any]:
         return error.code, json.loads(error.read() or b"null")
 
 
+def require_broker(url: str) -> None:
+    address = urllib.parse.urlsplit(url)
+    try:
+        socket.create_connection((address.hostname, address.port), timeout=5).close()
+    except OSError as error:
+        pytest.fail(
+            f"The broker at {address.hostname}:{address.port} does not answer "
+            f"({error}); start it, or run .ci/run, which starts the servers the "
+            "tests use."
+        )
+
+
 @contextmanager
 def started(
     project: Path, arguments: list[str], env: dict[str, str], log: Path
@@ -449,6 +462,7 @@ def test_switching_worker_tool_on_one_broker_keeps_jobs_running(
 ) -> None:
     # docs/updating.md: drain the old workers, switch, start the new ones. What the
     # old tool left on the broker (its queue, exchange or stream) must not break them.
+    require_broker(BROKER_URLS[broker])
     project = generate(
         template,
         tmp_path / "service",
