@@ -492,6 +492,7 @@ DEV_DEPENDENCIES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "pytest-cov>=7.1.0",
             "pytest-xdist>=3.8.0",
             "ruff>=0.17.0",
+            "schemathesis>=4.32.0",
         ),
     ),
     ("is_celery", ("celery-types>=0.26.0",)),
