@@ -12,8 +12,8 @@ files. From the answers this hook computes:
 * the dependency lists of the generated ``pyproject.toml``, and a few flags.
 
 Everything is a pure function of the answers (tested in ``tests/test_extensions.py``)
-except the secret key, which is fresh on every render and only ever written to the
-git-ignored ``.env``.
+except the secrets (the JWT key, database and broker passwords, an API key), which are
+fresh on every render and only ever written to the git-ignored ``.env``.
 """
 
 from __future__ import annotations
@@ -384,7 +384,8 @@ POINTS: dict[str, str] = {
     "env": "env.jinja",
     # compose.yaml: `services()` before the app, `setup()` (one-shot services the
     # app waits for), `processes()` after it; `environment()`, `mounts()` and
-    # `depends()` and `waits()` (for setup) of the app's containers; `volumes()`.
+    # `depends()` and `waits()` (for setup) of the app's containers; `volumes()`;
+    # and compose.dev.yaml: `dev()` (ports published on 127.0.0.1 for development).
     "compose": "compose.yaml.jinja",
     # The generated CI workflow's test job: `services()` (service containers) and
     # `env()` (its environment).

@@ -162,7 +162,12 @@ def fuzz_served(project: Path, answers: dict[str, str], env: dict[str, str]) -> 
         command += [f"{base}/openapi.json", *FUZZ]
         command += [f"--header={name}: {value}" for name, value in headers.items()]
         completed = subprocess.run(
-            command, capture_output=True, text=True, timeout=300, check=False
+            command,
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
     finally:
         server.terminate()
