@@ -89,6 +89,7 @@ class Proxy:
         self._listener: socket.socket | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._open = False
 
     @contextmanager
     def running(self) -> Iterator[None]:
@@ -101,6 +102,7 @@ class Proxy:
     def start(self) -> None:
         listener = socket.create_server(("127.0.0.1", self.port), reuse_port=True)
         self._listener = listener
+        self._open = True
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def _accept(self, listener: socket.socket) -> None:
@@ -111,6 +113,10 @@ class Proxy:
                 return
             server = socket.create_connection(("127.0.0.1", self.upstream))
             with self._lock:
+                if not self._open:  # cut while this connection was being made
+                    client.close()
+                    server.close()
+                    return
                 self._sockets |= {client, server}
             for source, target in ((client, server), (server, client)):
                 threading.Thread(
@@ -124,10 +130,15 @@ class Proxy:
                 target.sendall(data)
         with suppress(OSError):
             target.shutdown(socket.SHUT_RDWR)
+        # Closed by whichever direction ends: the other then stops too.
+        source.close()
+        target.close()
 
     def cut(self) -> None:
         """Refuse new connections and drop the open ones."""
         assert self._listener is not None
+        with self._lock:
+            self._open = False
         # shutdown() wakes the thread blocked in accept(); close() alone does not.
         with suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
