@@ -369,15 +369,17 @@ def test_client_generated_from_the_schema_parses_real_errors(
                 "generated_client.api.users.users_read_current_user"
             )
             tokens = register_and_sign_in(base, "client@example.com")
-            anonymous = client.Client(base_url=base)
-            signed_in = client.AuthenticatedClient(
-                base_url=base, token=tokens["access_token"]
-            )
-            invalid = create_item.sync_detailed(
-                client=signed_in, body=models.ItemCreate(name="")
-            )
-            unauthorized = read_me.sync_detailed(client=anonymous)
-            missing = read_item.sync_detailed(client=signed_in, item_id=2_000_000)
+            with (
+                client.Client(base_url=base) as anonymous,
+                client.AuthenticatedClient(
+                    base_url=base, token=tokens["access_token"]
+                ) as signed_in,
+            ):
+                invalid = create_item.sync_detailed(
+                    client=signed_in, body=models.ItemCreate(name="")
+                )
+                unauthorized = read_me.sync_detailed(client=anonymous)
+                missing = read_item.sync_detailed(client=signed_in, item_id=2_000_000)
         finally:
             sys.path.remove(str(tmp_path))
             for name in list(sys.modules):
