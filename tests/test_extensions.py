@@ -80,6 +80,7 @@ def test_defaults_bring_exactly_the_packages_they_use() -> None:
         "pydantic-settings",
         "pyjwt",
         "sqlalchemy",
+        "uvloop",
     }
 
 

@@ -234,7 +234,8 @@ def check_render(answers: Answers, project: Path) -> None:
     }
     imported = third_party_imports(project)
     drivers = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "mysql": "aiomysql"}
-    used = {IMPORT_NAMES.get(name, name) for name in imported} | {"fastapi"}
+    # uvicorn (fastapi run) picks uvloop up by itself; nothing imports it.
+    used = {IMPORT_NAMES.get(name, name) for name in imported} | {"fastapi", "uvloop"}
     used |= {drivers[engine]} if has_db else set()
     assert declared == used & declared, f"declared, never imported: {declared - used}"
     assert imported <= {IMPORTED_AS.get(d, d) for d in declared} | TRANSITIVE, (
