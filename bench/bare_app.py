@@ -1,13 +1,11 @@
-"""The peer of the throughput benchmark: a bare Starlette app answering /health."""
+"""The reference of the throughput benchmark: a bare FastAPI app answering /health,
+run in the same virtual environment and under the same server as the service."""
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from fastapi import FastAPI
 
-
-async def health(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok"})
+app = FastAPI()
 
 
-app = Starlette(routes=[Route("/health", health)])
+@app.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
