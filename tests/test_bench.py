@@ -21,6 +21,7 @@ EXPECTED = {
         "postgresql_item_p99_ms",
         "postgresql_me_cpu_us_per_request",
         "postgresql_health_access_log_requests_per_second",
+        "postgresql_health_cors_requests_per_second",
         "postgresql_peak_rss_mib",
         "sqlite_item_requests_per_second",
         "sqlite_startup_seconds",
