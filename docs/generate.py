@@ -260,6 +260,7 @@ FIGURES = {
     "sqlite_startup_seconds": "SQLite render, start-up to the first 200 (s)",
     "sqlite_peak_rss_mib": "SQLite render, peak memory serving (MiB)",
     "postgresql_health_access_log_requests_per_second": "PostgreSQL `/health` with ACCESS_LOG=true, requests/s",
+    "postgresql_health_cors_requests_per_second": "PostgreSQL `/health` with a CORS origin, requests/s",
     "bare_fastapi_health_requests_per_second": "bare FastAPI `/health`, same venv and server, requests/s",
     "health_vs_bare_ratio": "PostgreSQL `/health` / bare FastAPI",
 }
