@@ -386,7 +386,11 @@ ENDPOINTS = {
 
 
 def measure_service(
-    service: Path, env: Mapping[str, str], runs: int, seconds: int
+    service: Path,
+    env: Mapping[str, str],
+    runs: int,
+    seconds: int,
+    endpoints: Mapping[str, str] = ENDPOINTS,
 ) -> dict[str, Any]:
     """Each endpoint of a served render under load: the median of ``runs`` runs.
 
@@ -401,7 +405,7 @@ def measure_service(
     figures: dict[str, Any] = {}
     headers = {"Authorization": f"Bearer {token}"}
     with serving(python, "app.main:app", service, env) as (base, process, startup):
-        for name, path in ENDPOINTS.items():
+        for name, path in endpoints.items():
             url = base + path.format(item_id=item_id)
             wrk(url, min(seconds, 3), headers)  # warm-up, discarded
             samples = [loaded(url, seconds, headers, process.pid) for _ in range(runs)]
@@ -428,6 +432,38 @@ def health_with(
             loaded(f"{base}/health", seconds, {}, process.pid) for _ in range(runs)
         ]
     return median([sample["requests_per_second"] for sample in samples])
+
+
+def telemetry_cost(
+    runs: int,
+    seconds: int,
+    work: Path,
+    env: Mapping[str, str],
+    plain: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The item read and /health of the PostgreSQL render with metrics on, and what
+    they keep of the same render without (``plain``, measured in the same run)."""
+    service = installed(
+        render_answers(work / "metrics", {"db_engine": "postgresql", "metrics": "true"})
+    )
+    database = f"bench_metrics_{os.getpid()}"
+    postgres_sql(f"CREATE DATABASE {database}")
+    endpoints = {name: ENDPOINTS[name] for name in ("item", "health")}
+    try:
+        on_postgres = env | {"DATABASE_URL": POSTGRES.format(database=database)}
+        measured = measure_service(service, on_postgres, runs, seconds, endpoints)
+    finally:
+        postgres_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    figures: dict[str, Any] = {}
+    for name in endpoints:
+        for key in ("requests_per_second", "p99_ms", "cpu_us_per_request"):
+            figures[f"postgresql_metrics_{name}_{key}"] = measured[f"{name}_{key}"]
+        figures[f"metrics_{name}_ratio"] = round(
+            measured[f"{name}_requests_per_second"]
+            / plain[f"postgresql_{name}_requests_per_second"],
+            3,
+        )
+    return figures
 
 
 def bench_serve(runs: int, seconds: int, work: Path) -> dict[str, Any]:
@@ -470,6 +506,7 @@ def bench_serve(runs: int, seconds: int, work: Path) -> dict[str, Any]:
         )
     finally:
         postgres_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    figures |= telemetry_cost(runs, seconds, work, env, figures)
     sqlite = installed(render_answers(work / "sqlite", {}))
     on_sqlite = env | {"DATABASE_URL": f"sqlite+aiosqlite:///{work}/bench.sqlite3"}
     for key, value in measure_service(sqlite, on_sqlite, runs, seconds).items():

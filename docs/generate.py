@@ -48,6 +48,7 @@ COMPARISONS = {
     "auth": WITH_DB,
     "background_tasks": WITH_DB,
     "broker": WITH_DB | {"background_tasks": "celery", "broker": "redis"},
+    "metrics": WITH_DB,
 }
 
 
@@ -77,13 +78,16 @@ def questionnaire_page() -> str:
         if name.startswith("_") or not isinstance(spec, dict):
             continue
         choices = spec.get("choices", {})
-        if isinstance(choices, dict):
+        if spec.get("type") == "bool":
+            listed = "`true`, `false` (yes / no)"
+        elif isinstance(choices, dict):
             listed = "<br>".join(
                 f"`{value}`: {cell(label)}" for label, value in choices.items()
             )
         else:
             listed = ", ".join(f"`{value}`" for value in choices)
-        default = str(spec.get("default", ""))
+        default = spec.get("default", "")
+        default = str(default).lower() if isinstance(default, bool) else str(default)
         default = f"`{cell(default)}`" if name in choice_names or default else ""
         when = spec.get("when", "")
         when = f"`{cell(str(when).strip('{} '))}`" if when else "always"
@@ -212,8 +216,9 @@ def options_page(workdir: Path) -> str:
                 continue
             before, after = rendered(base), rendered(base | {question.name: value})
             against = ", ".join(f"`{key}={answer}`" for key, answer in base.items())
+            shown = str(value).lower() if isinstance(value, bool) else value
             lines.append(
-                f"| `{question.name}={value}` | {against} "
+                f"| `{question.name}={shown}` | {against} "
                 f"| {changes(dependencies_of(before), dependencies_of(after))} "
                 f"| {changes(settings_of(before), settings_of(after))} "
                 f"| {changes(services_of(before), services_of(after))} "

@@ -32,6 +32,8 @@ LAYOUTS = ("small", "medium", "large")
 _SHARED_MODULES: dict[str, dict[str, str]] = {
     "small": {
         "main": "app.main",
+        "metrics": "app.metrics",
+        "metrics_pool": "app.metrics",
         "config": "app.config",
         "settings_dep": "app.config",
         "logging": "app.logging",
@@ -51,6 +53,8 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
     },
     "medium": {
         "main": "app.main",
+        "metrics": "app.core.metrics",
+        "metrics_pool": "app.core.metrics",
         "config": "app.core.config",
         "settings_dep": "app.core.config",
         "logging": "app.core.logging",
@@ -70,6 +74,8 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
     },
     "large": {
         "main": "app.main",
+        "metrics": "app.core.metrics",
+        "metrics_pool": "app.core.metrics",
         "config": "app.core.config",
         "settings_dep": "app.api.deps",
         "logging": "app.core.logging",
@@ -197,6 +203,8 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
     ("api_router", "is_large"),
     ("worker", "has_queue"),
     ("cli", "has_cli"),
+    ("metrics", "has_metrics"),
+    ("metrics_pool", "metrics_on_db"),
 )
 
 
@@ -445,6 +453,14 @@ OPTIONS: tuple[Option, ...] = (
     # (without a database) add to the settings.
     Option("keys", "has_api_key", ("readme", "conftest")),
     Option("keys", "api_keys_in_settings", ("settings", "env_example", "env")),
+    # Prometheus metrics: every request (the middleware is inside the body limit,
+    # and sees its 413s), the database pool, and the jobs.
+    Option(
+        "metrics",
+        "has_metrics",
+        ("settings", "lifespan", "middleware", "env_example", "readme"),
+    ),
+    Option("metrics/db", "metrics_on_db", ("lifespan",)),
 )
 
 
@@ -490,6 +506,7 @@ RUNTIME_DEPENDENCIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("taskiq_on_rabbitmq", ("taskiq-aio-pika>=0.6.0", "aio-pika>=10.0.0")),
     # Imported directly: the job store without a database, and Taskiq's broker ping.
     ("uses_redis_client", ("redis>=8.0.0",)),
+    ("has_metrics", ("prometheus-client>=0.26.0",)),
 )
 DEV_DEPENDENCIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
@@ -543,6 +560,7 @@ class Answers:
     python: str = "3.12"
     slug: str = "my-service"
     broker: str = "redis"
+    metrics: bool = False
 
     @classmethod
     def read(cls, context: Mapping[str, Any]) -> Answers:
@@ -613,6 +631,8 @@ def _derive(answers: Answers) -> dict[str, Any]:
         # /ready has dependencies to check: the database, the broker.
         "has_checks": has_db or background in {"celery", "taskiq"},
         "is_large": layout == "large",
+        "has_metrics": answers.metrics,
+        "metrics_on_db": answers.metrics and has_db,
     }
     mod = module_map(layout)
     job_storage = db_library if has_db else "redis" if flags["has_queue"] else "memory"

@@ -62,17 +62,21 @@ class Http:
 
 
 @contextmanager
-def serving(project: Path) -> Iterator[Http]:
-    """Install, migrate and serve the project; stop the server whatever happens."""
+def serving(
+    project: Path, *options: str, env: dict[str, str] | None = None
+) -> Iterator[Http]:
+    """Install, migrate and serve the project (with uvicorn's ``options`` and ``env``
+    added to its environment); stop the server whatever happens."""
     sync(project)
     run(uv(), "run", "--no-sync", "alembic", "upgrade", "head", cwd=project)
     port = free_port()
     log_path = project / "server.log"
     log = log_path.open("w")
+    command = [uv(), "run", "--no-sync", "uvicorn", "app.main:app", "--port", str(port)]
     server = subprocess.Popen(
-        [uv(), "run", "--no-sync", "uvicorn", "app.main:app", "--port", str(port)],
+        [*command, *options],
         cwd=project,
-        env=tool_env(),
+        env=tool_env() | (env or {}),
         stdout=log,
         stderr=subprocess.STDOUT,
     )

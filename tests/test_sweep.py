@@ -94,6 +94,7 @@ IMPORTED_AS = {
     "taskiq-redis": "taskiq_redis",
     "taskiq-aio-pika": "taskiq_aio_pika",
     "aio-pika": "aio_pika",
+    "prometheus-client": "prometheus_client",
 }
 IMPORT_NAMES = {name: dist for dist, name in IMPORTED_AS.items()}
 # Imported by the code, installed by what it declares (FastAPI, Celery, ...).
@@ -183,6 +184,7 @@ def check_render(answers: Answers, project: Path) -> None:
     has_jobs = background != "none"
     has_queue = background in {"celery", "taskiq"}
     broker = answers["broker"] if has_queue else "none"
+    metrics = bool(answers.get("metrics", False))
 
     # Nothing of the template machinery reaches the project.
     for leftover in (".git", "copier.yml", "copier.yaml", "_partials", "extensions"):
@@ -267,6 +269,10 @@ def check_render(answers: Answers, project: Path) -> None:
     assert ('"/api/v1/jobs"' in code or 'prefix="/jobs"' in code) == has_jobs
     assert ("from sqlmodel" in code) == (library == "sqlmodel")
     assert ("DeclarativeBase" in code) == (library == "sqlalchemy")
+    assert ("prometheus_client" in code) == metrics
+    assert ("watch_pool" in code) == (metrics and has_db)
+    assert ("METRICS_PATH" in (project / ".env.example").read_text()) == metrics
+    assert (project / "tests" / "test_metrics.py").exists() == metrics
     compose = yaml.safe_load((project / "compose.yaml").read_text())
     assert ("migrate" in compose["services"]) == has_db
     assert ("db" in compose["services"]) == (engine in {"postgresql", "mysql"})
