@@ -434,6 +434,21 @@ def health_with(
     return median([sample["requests_per_second"] for sample in samples])
 
 
+# Renders with telemetry, measured beside the plain PostgreSQL render: the answers,
+# and the settings they are served with.
+TELEMETRY = {
+    "metrics": ({"metrics": "true"}, {}),
+    "telemetry": (
+        {"metrics": "true", "tracing": "true"},
+        {"TRACE_SAMPLE_RATIO": "0.1"},
+    ),
+    "telemetry_full": (
+        {"metrics": "true", "tracing": "true"},
+        {"TRACE_SAMPLE_RATIO": "1"},
+    ),
+}
+
+
 def telemetry_cost(
     runs: int,
     seconds: int,
@@ -441,28 +456,33 @@ def telemetry_cost(
     env: Mapping[str, str],
     plain: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The item read and /health of the PostgreSQL render with metrics on, and what
-    they keep of the same render without (``plain``, measured in the same run)."""
-    service = installed(
-        render_answers(work / "metrics", {"db_engine": "postgresql", "metrics": "true"})
-    )
-    database = f"bench_metrics_{os.getpid()}"
-    postgres_sql(f"CREATE DATABASE {database}")
+    """The item read and /health of the PostgreSQL render with metrics on, and with
+    metrics and tracing (10 % and 100 % of traces sampled), and what each keeps of
+    the same render without them (``plain``, measured in the same run). Spans are
+    recorded but not exported: no collector runs."""
     endpoints = {name: ENDPOINTS[name] for name in ("item", "health")}
-    try:
-        on_postgres = env | {"DATABASE_URL": POSTGRES.format(database=database)}
-        measured = measure_service(service, on_postgres, runs, seconds, endpoints)
-    finally:
-        postgres_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
     figures: dict[str, Any] = {}
-    for name in endpoints:
-        for key in ("requests_per_second", "p99_ms", "cpu_us_per_request"):
-            figures[f"postgresql_metrics_{name}_{key}"] = measured[f"{name}_{key}"]
-        figures[f"metrics_{name}_ratio"] = round(
-            measured[f"{name}_requests_per_second"]
-            / plain[f"postgresql_{name}_requests_per_second"],
-            3,
+    for label, (answers, settings) in TELEMETRY.items():
+        service = installed(
+            render_answers(work / label, {"db_engine": "postgresql", **answers})
         )
+        database = f"bench_{label}_{os.getpid()}"
+        postgres_sql(f"CREATE DATABASE {database}")
+        try:
+            served = (
+                env | settings | {"DATABASE_URL": POSTGRES.format(database=database)}
+            )
+            measured = measure_service(service, served, runs, seconds, endpoints)
+        finally:
+            postgres_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        for name in endpoints:
+            for key in ("requests_per_second", "p99_ms", "cpu_us_per_request"):
+                figures[f"postgresql_{label}_{name}_{key}"] = measured[f"{name}_{key}"]
+            figures[f"{label}_{name}_ratio"] = round(
+                measured[f"{name}_requests_per_second"]
+                / plain[f"postgresql_{name}_requests_per_second"],
+                3,
+            )
     return figures
 
 
@@ -534,6 +554,8 @@ def bench_serve(runs: int, seconds: int, work: Path) -> dict[str, Any]:
         "postgresql_page_p99_ms": ("<", 50),
         "health_vs_bare_ratio": (">=", 0.9),
         "postgresql_peak_rss_mib": ("<=", 90),
+        "telemetry_item_ratio": (">=", 0.85),
+        "telemetry_health_ratio": (">=", 0.85),
     }
     return figures
 

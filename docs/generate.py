@@ -49,6 +49,8 @@ COMPARISONS = {
     "background_tasks": WITH_DB,
     "broker": WITH_DB | {"background_tasks": "celery", "broker": "redis"},
     "metrics": WITH_DB,
+    "tracing": WITH_DB,
+    "sentry": WITH_DB,
 }
 
 
@@ -268,6 +270,24 @@ FIGURES = {
     "postgresql_health_cors_requests_per_second": "PostgreSQL `/health` with a CORS origin, requests/s",
     "bare_fastapi_health_requests_per_second": "bare FastAPI `/health`, same venv and server, requests/s",
     "health_vs_bare_ratio": "PostgreSQL `/health` / bare FastAPI",
+    "postgresql_metrics_item_requests_per_second": "PostgreSQL item by id, metrics on, requests/s",
+    "postgresql_metrics_item_cpu_us_per_request": "PostgreSQL item by id, metrics on, server CPU per request (µs)",
+    "metrics_item_ratio": "PostgreSQL item by id, metrics on / without",
+    "postgresql_metrics_health_requests_per_second": "PostgreSQL `/health`, metrics on, requests/s",
+    "postgresql_metrics_health_cpu_us_per_request": "PostgreSQL `/health`, metrics on, server CPU per request (µs)",
+    "metrics_health_ratio": "PostgreSQL `/health`, metrics on / without",
+    "postgresql_telemetry_item_requests_per_second": "PostgreSQL item by id, metrics and tracing (10 % sampled), requests/s",
+    "postgresql_telemetry_item_cpu_us_per_request": "PostgreSQL item by id, metrics and tracing (10 % sampled), server CPU per request (µs)",
+    "telemetry_item_ratio": "PostgreSQL item by id, metrics and tracing (10 % sampled) / without",
+    "postgresql_telemetry_health_requests_per_second": "PostgreSQL `/health`, metrics and tracing (10 % sampled), requests/s",
+    "postgresql_telemetry_health_cpu_us_per_request": "PostgreSQL `/health`, metrics and tracing (10 % sampled), server CPU per request (µs)",
+    "telemetry_health_ratio": "PostgreSQL `/health`, metrics and tracing (10 % sampled) / without",
+    "postgresql_telemetry_full_item_requests_per_second": "PostgreSQL item by id, metrics and tracing (100 % sampled), requests/s",
+    "postgresql_telemetry_full_item_cpu_us_per_request": "PostgreSQL item by id, metrics and tracing (100 % sampled), server CPU per request (µs)",
+    "telemetry_full_item_ratio": "PostgreSQL item by id, metrics and tracing (100 % sampled) / without",
+    "postgresql_telemetry_full_health_requests_per_second": "PostgreSQL `/health`, metrics and tracing (100 % sampled), requests/s",
+    "postgresql_telemetry_full_health_cpu_us_per_request": "PostgreSQL `/health`, metrics and tracing (100 % sampled), server CPU per request (µs)",
+    "telemetry_full_health_ratio": "PostgreSQL `/health`, metrics and tracing (100 % sampled) / without",
 }
 TARGETS = {
     "sweep_seconds": ("sweep_target_seconds", "<"),

@@ -34,6 +34,9 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "main": "app.main",
         "metrics": "app.metrics",
         "metrics_pool": "app.metrics",
+        "tracing": "app.tracing",
+        "tracing_db": "app.tracing",
+        "sentry": "app.sentry",
         "config": "app.config",
         "settings_dep": "app.config",
         "logging": "app.logging",
@@ -55,6 +58,9 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "main": "app.main",
         "metrics": "app.core.metrics",
         "metrics_pool": "app.core.metrics",
+        "tracing": "app.core.tracing",
+        "tracing_db": "app.core.tracing",
+        "sentry": "app.core.sentry",
         "config": "app.core.config",
         "settings_dep": "app.core.config",
         "logging": "app.core.logging",
@@ -76,6 +82,9 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "main": "app.main",
         "metrics": "app.core.metrics",
         "metrics_pool": "app.core.metrics",
+        "tracing": "app.core.tracing",
+        "tracing_db": "app.core.tracing",
+        "sentry": "app.core.sentry",
         "config": "app.core.config",
         "settings_dep": "app.api.deps",
         "logging": "app.core.logging",
@@ -205,6 +214,9 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
     ("cli", "has_cli"),
     ("metrics", "has_metrics"),
     ("metrics_pool", "metrics_on_db"),
+    ("tracing", "has_tracing"),
+    ("tracing_db", "tracing_on_db"),
+    ("sentry", "has_sentry"),
 )
 
 
@@ -382,7 +394,8 @@ POINTS: dict[str, str] = {
     # Middleware inside the request-id middleware: `install()`, outermost first.
     "middleware": "middleware.py.jinja",
     # Exceptions the error handler answers: `cases()` (branches of handle_error)
-    # and `handled()` (the classes registered).
+    # and `handled()` (the classes registered); `unhandled()`, optional, runs
+    # before an unhandled error's 500 (`exc` is the error).
     "errors": "errors.py.jinja",
     # What /ready checks: `parameters()`, `probe()` and `check()`.
     "readiness": "readiness.py.jinja",
@@ -461,6 +474,20 @@ OPTIONS: tuple[Option, ...] = (
         ("settings", "lifespan", "middleware", "env_example", "readme"),
     ),
     Option("metrics/db", "metrics_on_db", ("lifespan",)),
+    # OpenTelemetry: a span per request (its middleware inside the metrics'), SQL
+    # statements and outgoing httpx calls, exported over OTLP.
+    Option(
+        "tracing",
+        "has_tracing",
+        ("settings", "lifespan", "middleware", "env_example", "readme", "conftest"),
+    ),
+    Option("tracing/db", "tracing_on_db", ("lifespan",)),
+    # Unhandled errors reported to Sentry, from the error handler.
+    Option(
+        "sentry",
+        "has_sentry",
+        ("settings", "lifespan", "errors", "env_example", "readme"),
+    ),
 )
 
 
@@ -507,6 +534,16 @@ RUNTIME_DEPENDENCIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Imported directly: the job store without a database, and Taskiq's broker ping.
     ("uses_redis_client", ("redis>=8.0.0",)),
     ("has_metrics", ("prometheus-client>=0.26.0",)),
+    (
+        "has_tracing",
+        (
+            "opentelemetry-api>=1.45.0",
+            "opentelemetry-sdk>=1.45.0",
+            "opentelemetry-exporter-otlp-proto-http>=1.45.0",
+            "opentelemetry-instrumentation-httpx>=0.66b2",
+        ),
+    ),
+    ("has_sentry", ("sentry-sdk>=2.75.0",)),
 )
 DEV_DEPENDENCIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
@@ -561,6 +598,8 @@ class Answers:
     slug: str = "my-service"
     broker: str = "redis"
     metrics: bool = False
+    tracing: bool = False
+    sentry: bool = False
 
     @classmethod
     def read(cls, context: Mapping[str, Any]) -> Answers:
@@ -633,6 +672,9 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "is_large": layout == "large",
         "has_metrics": answers.metrics,
         "metrics_on_db": answers.metrics and has_db,
+        "has_tracing": answers.tracing,
+        "tracing_on_db": answers.tracing and has_db,
+        "has_sentry": answers.sentry,
     }
     mod = module_map(layout)
     job_storage = db_library if has_db else "redis" if flags["has_queue"] else "memory"

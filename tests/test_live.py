@@ -63,16 +63,20 @@ class Http:
 
 @contextmanager
 def serving(
-    project: Path, *options: str, env: dict[str, str] | None = None
+    project: Path,
+    *options: str,
+    env: dict[str, str] | None = None,
+    target: str = "app.main:app",
 ) -> Iterator[Http]:
-    """Install, migrate and serve the project (with uvicorn's ``options`` and ``env``
-    added to its environment); stop the server whatever happens."""
+    """Install, migrate and serve the project's ``target`` (with uvicorn's
+    ``options`` and ``env`` added to its environment); stop the server whatever
+    happens."""
     sync(project)
     run(uv(), "run", "--no-sync", "alembic", "upgrade", "head", cwd=project)
     port = free_port()
     log_path = project / "server.log"
     log = log_path.open("w")
-    command = [uv(), "run", "--no-sync", "uvicorn", "app.main:app", "--port", str(port)]
+    command = [uv(), "run", "--no-sync", "uvicorn", target, "--port", str(port)]
     server = subprocess.Popen(
         [*command, *options],
         cwd=project,

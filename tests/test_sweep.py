@@ -86,6 +86,14 @@ def text_files(project: Path) -> list[Path]:
     ]
 
 
+# Distributions that share the `opentelemetry` namespace, by the module they add
+# (the longest that prefixes an import wins); the API owns the rest.
+OPENTELEMETRY = {
+    "opentelemetry": "opentelemetry-api",
+    "opentelemetry.sdk": "opentelemetry-sdk",
+    "opentelemetry.exporter.otlp.proto.http": "opentelemetry-exporter-otlp-proto-http",
+    "opentelemetry.instrumentation.httpx": "opentelemetry-instrumentation-httpx",
+}
 # Distributions whose import name differs, both ways.
 IMPORTED_AS = {
     "pyjwt": "jwt",
@@ -95,10 +103,23 @@ IMPORTED_AS = {
     "taskiq-aio-pika": "taskiq_aio_pika",
     "aio-pika": "aio_pika",
     "prometheus-client": "prometheus_client",
+    "sentry-sdk": "sentry_sdk",
+    **{dist: module for module, dist in OPENTELEMETRY.items()},
 }
 IMPORT_NAMES = {name: dist for dist, name in IMPORTED_AS.items()}
 # Imported by the code, installed by what it declares (FastAPI, Celery, ...).
 TRANSITIVE = {"pydantic", "starlette", "anyio", "kombu", "aiormq", "httpx"}
+
+
+def top_level(module: str) -> str:
+    """The package an import comes from: its first name, or for the OpenTelemetry
+    namespace the distribution's module."""
+    if module.split(".")[0] != "opentelemetry":
+        return module.split(".")[0]
+    return max(
+        (prefix for prefix in OPENTELEMETRY if f"{module}.".startswith(f"{prefix}.")),
+        key=len,
+    )
 
 
 def third_party_imports(project: Path) -> set[str]:
@@ -108,9 +129,9 @@ def third_party_imports(project: Path) -> set[str]:
         # Parsed as the renderer does: PEP 695 syntax also on Python 3.11.
         for node in ast.walk(pymodule._parse(path.read_text())):
             if isinstance(node, ast.Import):
-                found |= {alias.name.split(".")[0] for alias in node.names}
+                found |= {top_level(alias.name) for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                found.add(node.module.split(".")[0])
+                found.add(top_level(node.module))
     return found - set(sys.stdlib_module_names) - {"app", "migrations"}
 
 
@@ -185,6 +206,8 @@ def check_render(answers: Answers, project: Path) -> None:
     has_queue = background in {"celery", "taskiq"}
     broker = answers["broker"] if has_queue else "none"
     metrics = bool(answers.get("metrics", False))
+    tracing = bool(answers.get("tracing", False))
+    sentry = bool(answers.get("sentry", False))
 
     # Nothing of the template machinery reaches the project.
     for leftover in (".git", "copier.yml", "copier.yaml", "_partials", "extensions"):
@@ -273,6 +296,13 @@ def check_render(answers: Answers, project: Path) -> None:
     assert ("watch_pool" in code) == (metrics and has_db)
     assert ("METRICS_PATH" in (project / ".env.example").read_text()) == metrics
     assert (project / "tests" / "test_metrics.py").exists() == metrics
+    assert ("from opentelemetry" in code) == tracing
+    assert ("trace_database" in code) == (tracing and has_db)
+    assert ("TRACE_SAMPLE_RATIO" in (project / ".env.example").read_text()) == tracing
+    assert (project / "tests" / "test_tracing.py").exists() == tracing
+    assert ("sentry_sdk" in code) == sentry
+    assert ("SENTRY_DSN" in (project / ".env.example").read_text()) == sentry
+    assert (project / "tests" / "test_sentry.py").exists() == sentry
     compose = yaml.safe_load((project / "compose.yaml").read_text())
     assert ("migrate" in compose["services"]) == has_db
     assert ("db" in compose["services"]) == (engine in {"postgresql", "mysql"})

@@ -1,14 +1,27 @@
 """The telemetry options against what reads them: Prometheus' own text parser on a
-served render's /metrics, with several worker processes."""
+served render's /metrics, with several worker processes; an OTLP/HTTP receiver that
+decodes the spans a served render exports."""
 
 from __future__ import annotations
 
+import gzip
+import json
+import threading
+import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.test_live import Http, serving
@@ -83,3 +96,225 @@ def test_metrics_of_two_worker_processes_add_up(copie: Any, tmp_path: Path) -> N
         assert after[("http_requests_in_progress", frozenset())] == 0
         assert after[("db_pool_connections_in_use", frozenset())] == 0
     assert not any("/no/such" in str(labels) for _, labels in scrapes[-1])
+
+
+class OtlpReceiver(ThreadingHTTPServer):
+    """An OTLP/HTTP endpoint on loopback: every span exported to /v1/traces, with
+    its service's name."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), OtlpHandler)
+        self.spans: list[tuple[str, Span]] = []
+        self.lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class OtlpHandler(BaseHTTPRequestHandler):
+    server: OtlpReceiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        assert self.path == "/v1/traces", self.path
+        assert self.headers["Content-Type"] == "application/x-protobuf"
+        export = ExportTraceServiceRequest.FromString(body)
+        with self.server.lock:
+            for resource_spans in export.resource_spans:
+                attributes = {
+                    a.key: a.value.string_value
+                    for a in resource_spans.resource.attributes
+                }
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        self.server.spans.append((attributes["service.name"], span))
+        answer = ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def receiving() -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver()
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+
+
+def attributes(span: Span) -> dict[str, Any]:
+    return {a.key: a.value.string_value or a.value.int_value for a in span.attributes}
+
+
+def ancestors(span: Span, spans: list[Span]) -> list[Span]:
+    """The span's parents, nearest first, as far as they were exported."""
+    by_id = {candidate.span_id: candidate for candidate in spans}
+    found = []
+    while span.parent_span_id in by_id:
+        span = by_id[span.parent_span_id]
+        found.append(span)
+    return found
+
+
+@pytest.mark.variant
+def test_traces_of_a_served_render_reach_an_otlp_receiver(copie: Any) -> None:
+    result = copie.copy(extra_answers={"tracing": True})
+    assert result.exit_code == 0, result.exception
+    account = {"email": "ada@example.com", "password": "correct horse battery"}
+
+    with receiving() as receiver:
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "TRACE_SAMPLE_RATIO": "1",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
+        with serving(result.project_dir, env=env) as http:
+            assert http("POST", "/api/v1/auth/register", json_body=account)[0] == 201
+            login = {"username": account["email"], "password": account["password"]}
+            token = http("POST", "/api/v1/auth/token", form=login)[1]["access_token"]
+            bearer = {"Authorization": f"Bearer {token}"}
+            item = http(
+                "POST", "/api/v1/items", json_body={"name": "Lamp"}, headers=bearer
+            )
+            read = http("GET", f"/api/v1/items/{item[1]['id']}", headers=bearer)
+            job = http(
+                "POST", "/api/v1/jobs", json_body={"text": "a b c"}, headers=bearer
+            )
+            deadline = time.monotonic() + 30
+            while http("GET", f"/api/v1/jobs/{job[1]['id']}", headers=bearer)[1][
+                "status"
+            ] not in {"succeeded", "failed"}:
+                assert time.monotonic() < deadline, "the job did not finish"
+                time.sleep(0.1)
+        # The server flushed its spans as it stopped.
+        with receiver.lock:
+            exported = list(receiver.spans)
+
+    assert (item[0], read[0], job[0]) == (201, 200, 202)
+    assert {service for service, _ in exported} == {"my-service"}
+    spans = [span for _, span in exported]
+    server = {span.name: span for span in spans if span.kind == Span.SPAN_KIND_SERVER}
+    get_item = server["GET /api/v1/items/{item_id}"]
+    assert attributes(get_item)["http.route"] == "/api/v1/items/{item_id}"
+    assert attributes(get_item)["http.response.status_code"] == 200
+
+    # The read's SQL statement is a client span inside the request's trace.
+    selects = [
+        span
+        for span in spans
+        if span.kind == Span.SPAN_KIND_CLIENT and get_item in ancestors(span, spans)
+    ]
+    assert [span.name for span in selects] == ["SELECT"]
+    assert attributes(selects[0])["db.system.name"] == "sqlite"
+
+    # The job runs after the response, in the trace of the request that queued it:
+    # its statements (reading the job, recording its result) are in that trace.
+    post_job = server["POST /api/v1/jobs"]
+    in_job_trace = [
+        span
+        for span in spans
+        if span.kind == Span.SPAN_KIND_CLIENT and span.trace_id == post_job.trace_id
+    ]
+    assert all(post_job in ancestors(span, spans) for span in in_job_trace)
+    operations = [attributes(span)["db.query.text"].split()[0] for span in in_job_trace]
+    assert operations.count("UPDATE") == 2, operations  # running, then its result
+    # Statements are exported with placeholders: no password reaches a span.
+    assert not [s for s in spans if account["password"] in str(attributes(s))]
+
+
+class SentryHost(ThreadingHTTPServer):
+    """Plays the host of a Sentry DSN: keeps every event of the envelopes posted to
+    /api/<project>/envelope/."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), SentryHandler)
+        self.events: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    @property
+    def dsn(self) -> str:
+        return f"http://public@127.0.0.1:{self.server_address[1]}/1"
+
+
+class SentryHandler(BaseHTTPRequestHandler):
+    server: SentryHost
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        assert self.path == "/api/1/envelope/", self.path
+        # An envelope: a header line, then for each item a header line and its payload.
+        lines = body.split(b"\n")
+        with self.server.lock:
+            for header, payload in zip(lines[1::2], lines[2::2], strict=False):
+                if json.loads(header).get("type") == "event":
+                    self.server.events.append(json.loads(payload))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+CRASHING_APP = """
+from fastapi import Request
+
+from app.main import create_app
+
+app = create_app()
+
+
+@app.get("/crash")
+async def crash(request: Request) -> None:
+    password = request.headers["X-Password"]
+    raise RuntimeError(f"forced after {len(password)} characters")
+"""
+
+
+@pytest.mark.variant
+def test_unhandled_error_of_a_served_render_reaches_the_sentry_host(
+    copie: Any,
+) -> None:
+    result = copie.copy(extra_answers={"sentry": True, "auth": "none"})
+    assert result.exit_code == 0, result.exception
+    project: Path = result.project_dir
+    (project / "crashing.py").write_text(CRASHING_APP)
+    host = SentryHost()
+    threading.Thread(target=host.serve_forever, daemon=True).start()
+    try:
+        env = {"SENTRY_DSN": host.dsn, "ENVIRONMENT": "production"}
+        with serving(project, env=env, target="crashing:app") as http:
+            headers = {"X-Request-ID": "trace-42", "X-Password": "hunter2-secret"}
+            crashed = http("GET", "/crash", headers=headers)
+            missing = http("GET", "/no/such/page")
+            deadline = time.monotonic() + 10
+            while not host.events and time.monotonic() < deadline:
+                time.sleep(0.1)
+        with host.lock:
+            events = list(host.events)
+    finally:
+        host.shutdown()
+        host.server_close()
+
+    assert crashed[0] == 500
+    assert missing[0] == 404  # handled: not reported
+    (event,) = events
+    (exception,) = event["exception"]["values"]
+    assert exception["type"] == "RuntimeError"
+    assert event["tags"]["request_id"] == "trace-42"
+    assert event["environment"] == "production"
+    assert "hunter2-secret" not in json.dumps(event)
