@@ -314,6 +314,42 @@ def test_switching_background_jobs_on_then_off(
 
 
 @pytest.mark.variant
+def test_turning_telemetry_on_from_the_last_release_then_off(
+    template: Snapshot, tmp_path: Path
+) -> None:
+    """metrics, tracing and sentry came after the last release: a service made
+    from it takes them with `copier update --data`, and gives them back."""
+    release = RELEASES[-1]["version"]
+    project = generate(template, tmp_path / "service", {}, f"v{release}")
+    options = ("metrics", "tracing", "sentry")
+    added = [
+        project / "app" / "core" / "metrics.py",
+        project / "app" / "core" / "tracing.py",
+        project / "app" / "core" / "sentry.py",
+        project / "tests" / "test_metrics.py",
+        project / "tests" / "test_tracing.py",
+        project / "tests" / "test_sentry.py",
+    ]
+
+    update(project, template, **dict.fromkeys(options, "true"))
+    commit_all(project, "Telemetry on")
+
+    assert_no_conflicts(project)
+    assert all(answers_of(project)[option] is True for option in options)
+    assert all(path.exists() for path in added)
+    project_checks_pass(project)
+
+    update(project, template, **dict.fromkeys(options, "false"))
+
+    assert_no_conflicts(project)
+    assert not any(path.exists() for path in added)
+    pyproject = (project / "pyproject.toml").read_text()
+    for package in ("prometheus-client", "opentelemetry", "sentry-sdk"):
+        assert package not in pyproject, package
+    project_checks_pass(project)
+
+
+@pytest.mark.variant
 def test_switching_api_keys_on_migrates_a_database_in_use(
     template: Snapshot, tmp_path: Path
 ) -> None:
