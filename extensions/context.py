@@ -393,9 +393,10 @@ POINTS: dict[str, str] = {
     "lifespan": "lifespan.py.jinja",
     # Middleware inside the request-id middleware: `install()`, outermost first.
     "middleware": "middleware.py.jinja",
-    # Exceptions the error handler answers: `cases()` (branches of handle_error)
-    # and `handled()` (the classes registered); `unhandled()`, optional, runs
-    # before an unhandled error's 500 (`exc` is the error).
+    # The error handler and the error body, each macro optional: `cases()`
+    # (branches of handle_error) and `handled()` (the classes registered) for the
+    # exceptions an option answers; `unhandled()` runs before an unhandled error's
+    # 500 (`exc` is the error); `fields()` of every error body.
     "errors": "errors.py.jinja",
     # What /ready checks: `parameters()`, `probe()` and `check()`.
     "readiness": "readiness.py.jinja",
@@ -479,7 +480,15 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "tracing",
         "has_tracing",
-        ("settings", "lifespan", "middleware", "env_example", "readme", "conftest"),
+        (
+            "settings",
+            "lifespan",
+            "middleware",
+            "errors",
+            "env_example",
+            "readme",
+            "conftest",
+        ),
     ),
     Option("tracing/db", "tracing_on_db", ("lifespan",)),
     # Unhandled errors reported to Sentry, from the error handler.

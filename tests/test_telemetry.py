@@ -201,6 +201,7 @@ def test_traces_of_a_served_render_reach_an_otlp_receiver(copie: Any) -> None:
                 "POST", "/api/v1/items", json_body={"name": "Lamp"}, headers=bearer
             )
             read = http("GET", f"/api/v1/items/{item[1]['id']}", headers=bearer)
+            missing = http("GET", "/no/such/page")
             job = http(
                 "POST", "/api/v1/jobs", json_body={"text": "a b c"}, headers=bearer
             )
@@ -221,6 +222,13 @@ def test_traces_of_a_served_render_reach_an_otlp_receiver(copie: Any) -> None:
     get_item = server["GET /api/v1/items/{item_id}"]
     assert attributes(get_item)["http.route"] == "/api/v1/items/{item_id}"
     assert attributes(get_item)["http.response.status_code"] == 200
+    # An error body names its trace: the id a user quotes leads to the spans.
+    (refused,) = [
+        span
+        for span in server.values()
+        if span.trace_id.hex() == missing[1]["error"]["trace_id"]
+    ]
+    assert attributes(refused)["http.response.status_code"] == 404
 
     # The read's SQL statement is a client span inside the request's trace.
     selects = [
