@@ -34,6 +34,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "main": "app.main",
         "metrics": "app.metrics",
         "metrics_pool": "app.metrics",
+        "metrics_worker": "app.metrics",
         "tracing": "app.tracing",
         "tracing_db": "app.tracing",
         "sentry": "app.sentry",
@@ -58,6 +59,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "main": "app.main",
         "metrics": "app.core.metrics",
         "metrics_pool": "app.core.metrics",
+        "metrics_worker": "app.core.metrics",
         "tracing": "app.core.tracing",
         "tracing_db": "app.core.tracing",
         "sentry": "app.core.sentry",
@@ -82,6 +84,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "main": "app.main",
         "metrics": "app.core.metrics",
         "metrics_pool": "app.core.metrics",
+        "metrics_worker": "app.core.metrics",
         "tracing": "app.core.tracing",
         "tracing_db": "app.core.tracing",
         "sentry": "app.core.sentry",
@@ -161,8 +164,10 @@ def module_map(layout: str) -> dict[str, str]:
             )
         for part, place in zip(_FEATURE_PARTS, places, strict=True):
             mod[f"{name}_{part}"] = place
-    # A job's work lives beside the job service.
-    mod["jobs_work"] = mod["jobs_service"]
+    # A job's work lives beside the job service, and so do its measures and spans
+    # (the job model is theirs to know, not the core's).
+    for concept in ("jobs_work", "metrics_jobs", "tracing_jobs"):
+        mod[concept] = mod["jobs_service"]
     return mod
 
 
@@ -196,6 +201,8 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
     ("items_repository", "has_db"),
     ("items_service", "has_db"),
     ("jobs_repository", "has_jobs"),
+    ("metrics_jobs", "metrics_on_jobs"),
+    ("tracing_jobs", "tracing_on_jobs"),
     ("jobs_service", "has_jobs"),
     ("jobs_work", "has_jobs"),
     ("keys_repository", "api_keys_in_db"),
@@ -214,6 +221,7 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
     ("cli", "has_cli"),
     ("metrics", "has_metrics"),
     ("metrics_pool", "metrics_on_db"),
+    ("metrics_worker", "metrics_on_queue"),
     ("tracing", "has_tracing"),
     ("tracing_db", "tracing_on_db"),
     ("sentry", "has_sentry"),
@@ -398,6 +406,14 @@ POINTS: dict[str, str] = {
     # exceptions an option answers; `unhandled()` runs before an unhandled error's
     # 500 (`exc` is the error); `fields()` of every error body.
     "errors": "errors.py.jinja",
+    # Jobs, wherever they run: `decorators()` of the function that does a job's work
+    # (given the job and the settings), `retried()` where an attempt failed and is
+    # tried again, `queued()` once a job was handed over.
+    "jobs": "jobs.py.jinja",
+    # A Celery or Taskiq worker: `setup()` where its module has made the app or the
+    # broker, `startup()` and `shutdown()` in each worker process; for Celery, whose
+    # workers do not run the app's lifespan, `engine()` where it makes its `engine`.
+    "worker": "worker.py.jinja",
     # What /ready checks: `parameters()`, `probe()` and `check()`.
     "readiness": "readiness.py.jinja",
     # Lines of .env.example (the settings, documented) and of .env (the local values
@@ -475,6 +491,10 @@ OPTIONS: tuple[Option, ...] = (
         ("settings", "lifespan", "middleware", "env_example", "readme"),
     ),
     Option("metrics/db", "metrics_on_db", ("lifespan",)),
+    # Jobs counted where they are queued and where they run; a worker serves its
+    # processes' figures on a port of its own.
+    Option("metrics/jobs", "metrics_on_jobs", ("jobs",)),
+    Option("metrics/worker", "metrics_on_queue", ("settings", "worker", "env_example")),
     # OpenTelemetry: a span per request (its middleware inside the metrics'), SQL
     # statements and outgoing httpx calls, exported over OTLP.
     Option(
@@ -491,6 +511,11 @@ OPTIONS: tuple[Option, ...] = (
         ),
     ),
     Option("tracing/db", "tracing_on_db", ("lifespan",)),
+    # A span per job, in the trace of the request that queued it: carried through
+    # the broker by Celery's instrumentation or Taskiq's middleware.
+    Option("tracing/jobs", "tracing_on_jobs", ("jobs",)),
+    Option("tracing/celery", "tracing_on_celery", ("worker",)),
+    Option("tracing/taskiq", "tracing_on_taskiq", ("worker",)),
     # Unhandled errors reported to Sentry, from the error handler.
     Option(
         "sentry",
@@ -552,6 +577,8 @@ RUNTIME_DEPENDENCIES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "opentelemetry-instrumentation-httpx>=0.66b2",
         ),
     ),
+    ("tracing_on_celery", ("opentelemetry-instrumentation-celery>=0.66b2",)),
+    ("tracing_on_taskiq", ("taskiq[opentelemetry]>=0.13.0",)),
     ("has_sentry", ("sentry-sdk>=2.75.0",)),
 )
 DEV_DEPENDENCIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -681,8 +708,13 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "is_large": layout == "large",
         "has_metrics": answers.metrics,
         "metrics_on_db": answers.metrics and has_db,
+        "metrics_on_jobs": answers.metrics and background != "none",
+        "metrics_on_queue": answers.metrics and background in {"celery", "taskiq"},
         "has_tracing": answers.tracing,
         "tracing_on_db": answers.tracing and has_db,
+        "tracing_on_jobs": answers.tracing and background != "none",
+        "tracing_on_celery": answers.tracing and background == "celery",
+        "tracing_on_taskiq": answers.tracing and background == "taskiq",
         "has_sentry": answers.sentry,
     }
     mod = module_map(layout)

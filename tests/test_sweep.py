@@ -93,6 +93,7 @@ OPENTELEMETRY = {
     "opentelemetry.sdk": "opentelemetry-sdk",
     "opentelemetry.exporter.otlp.proto.http": "opentelemetry-exporter-otlp-proto-http",
     "opentelemetry.instrumentation.httpx": "opentelemetry-instrumentation-httpx",
+    "opentelemetry.instrumentation.celery": "opentelemetry-instrumentation-celery",
 }
 # Distributions whose import name differs, both ways.
 IMPORTED_AS = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
 import threading
 import time
 import urllib.request
@@ -25,7 +26,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.test_live import Http, serving
+from tests.conftest import BROKER_URLS, tool_env, uv
+from tests.test_live import Http, free_port, serving
+from tests.test_variants import forget_queue
 
 
 def scrape(
@@ -252,6 +255,134 @@ def test_traces_of_a_served_render_reach_an_otlp_receiver(copie: Any) -> None:
     assert operations.count("UPDATE") == 2, operations  # running, then its result
     # Statements are exported with placeholders: no password reaches a span.
     assert not [s for s in spans if account["password"] in str(attributes(s))]
+
+
+WORKERS = {
+    "celery": ["celery", "-A", "app.worker", "worker", "--pool=solo"],
+    "taskiq": ["taskiq", "worker", "app.worker:broker", "--workers", "1"],
+}
+
+
+@contextmanager
+def working(project: Path, tool: str, env: dict[str, str], port: int) -> Iterator[None]:
+    """A worker of the project, until its metrics answer; stopped as a supervisor
+    stops it (SIGTERM), whatever happens."""
+    log_path = project / "worker.log"
+    with log_path.open("w") as log:
+        worker = subprocess.Popen(
+            [uv(), "run", "--no-sync", *WORKERS[tool]],
+            cwd=project,
+            env=tool_env() | env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    urllib.request.urlopen(
+                        f"http://127.0.0.1:{port}/metrics", timeout=5
+                    )
+                    break
+                except OSError:
+                    assert worker.poll() is None, log_path.read_text()
+                    assert time.monotonic() < deadline, log_path.read_text()
+                    time.sleep(0.2)
+            yield
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+
+
+@contextmanager
+def leaving_nothing_on_the_broker(project: Path, env: dict[str, str]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        forget_queue(project, tool_env() | env, env["JOB_QUEUE"])
+
+
+@pytest.mark.variant
+@pytest.mark.parametrize(
+    ("tool", "broker"), [("celery", "redis"), ("taskiq", "rabbitmq")]
+)
+def test_job_through_a_real_broker_continues_the_trace_and_is_counted(
+    copie: Any, tmp_path: Path, tool: str, broker: str
+) -> None:
+    answers = {
+        "background_tasks": tool,
+        "broker": broker,
+        "metrics": True,
+        "tracing": True,
+        "auth": "none",
+    }
+    result = copie.copy(extra_answers=answers)
+    assert result.exit_code == 0, result.exception
+    project: Path = result.project_dir
+    figures = tmp_path / "worker-metrics"
+    figures.mkdir()
+    queue = f"telemetry-{uuid.uuid4().hex[:12]}"
+
+    with receiving() as receiver:
+        env = {
+            "BROKER_URL": BROKER_URLS[broker],
+            "JOB_QUEUE": queue,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "TRACE_SAMPLE_RATIO": "1",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
+        port = free_port()
+        worker_env = env | {
+            "WORKER_METRICS_PORT": str(port),
+            "PROMETHEUS_MULTIPROC_DIR": str(figures),
+        }
+        with (
+            leaving_nothing_on_the_broker(project, env),
+            serving(project, env=env) as http,
+            working(project, tool, worker_env, port),
+        ):
+            before = scrape(http)
+            worker_before = scrape(Http(f"http://127.0.0.1:{port}"))
+            status, job = http("POST", "/api/v1/jobs", json_body={"text": "a b c"})
+            deadline = time.monotonic() + 30
+            while http("GET", f"/api/v1/jobs/{job['id']}")[1]["status"] not in {
+                "succeeded",
+                "failed",
+            }:
+                assert time.monotonic() < deadline, "the job did not finish"
+                time.sleep(0.1)
+            after = scrape(http)
+            worker_after = scrape(Http(f"http://127.0.0.1:{port}"))
+        # Both processes flushed their spans as they stopped.
+        with receiver.lock:
+            exported = list(receiver.spans)
+
+    assert status == 202
+    assert grown(before, after, "jobs_queued_total") == 1
+    succeeded = {"status": "succeeded"}
+    assert grown(worker_before, worker_after, "jobs_finished_total", **succeeded) == 1
+    count = grown(
+        worker_before, worker_after, "job_duration_seconds_count", **succeeded
+    )
+    assert count == 1
+
+    spans = [span for _, span in exported]
+    (request,) = [s for s in spans if s.name == "POST /api/v1/jobs"]
+    (job_span,) = [s for s in spans if s.name == "job"]
+    assert attributes(job_span)["job.id"] == job["id"]
+    # The job's span is in the request's trace, across the broker: a producer span
+    # under the request, a consumer span in the worker under it, the job under that.
+    chain = ancestors(job_span, spans)
+    assert request in chain
+    kinds = [span.kind for span in chain[: chain.index(request)]]
+    assert kinds == [Span.SPAN_KIND_CONSUMER, Span.SPAN_KIND_PRODUCER]
+    # The worker's own statements (reading the job, recording it) are in that trace.
+    statements = [
+        span
+        for span in spans
+        if span.kind == Span.SPAN_KIND_CLIENT and request in ancestors(span, spans)
+    ]
+    assert len(statements) >= 3, [span.name for span in statements]
 
 
 class SentryHost(ThreadingHTTPServer):
