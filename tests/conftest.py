@@ -36,6 +36,20 @@ def isolated_copier_settings(
         yield
 
 
+# The modules whose tests take a minute or more each, longest first: pytest-xdist
+# deals out the first quarter of the run in turn and the rest as workers free up,
+# so long tests started first leave no worker idle at the end.
+LONG_FIRST = ("test_variants", "test_bench", "test_update", "test_telemetry")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        module = item.path.stem
+        return LONG_FIRST.index(module) if module in LONG_FIRST else len(LONG_FIRST)
+
+    items.sort(key=rank)  # stable: each module keeps its own order
+
+
 def render(destination: Path, data: Mapping[str, str], **options: object) -> Path:
     """Render this checkout (HEAD plus uncommitted changes) with ``data``."""
     run_copy(
