@@ -423,6 +423,7 @@ POINTS: dict[str, str] = {
     # compose.yaml: `services()` before the app, `setup()` (one-shot services the
     # app waits for), `processes()` after it; `environment()`, `mounts()` and
     # `depends()` and `waits()` (for setup) of the app's containers; `volumes()`;
+    # `configs()` (files written in compose.yaml);
     # and compose.dev.yaml: `dev()` (ports published on 127.0.0.1 for development).
     "compose": "compose.yaml.jinja",
     # The generated CI workflow's test job: `services()` (service containers) and
@@ -488,7 +489,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "metrics",
         "has_metrics",
-        ("settings", "lifespan", "middleware", "env_example", "readme"),
+        ("settings", "lifespan", "middleware", "env_example", "compose", "readme"),
     ),
     Option("metrics/db", "metrics_on_db", ("lifespan",)),
     # Jobs counted where they are queued and where they run; a worker serves its
@@ -506,6 +507,7 @@ OPTIONS: tuple[Option, ...] = (
             "middleware",
             "errors",
             "env_example",
+            "compose",
             "readme",
             "conftest",
         ),

@@ -325,8 +325,28 @@ def check_render(answers: Answers, project: Path) -> None:
         volume.split(":", 1)[0]
         for service in compose["services"].values()
         for volume in service.get("volumes", [])
+        if isinstance(volume, str)
     }
     assert mounted == set(compose.get("volumes", {}))
+    # With metrics, the app's containers write their figures to a fresh tmpfs.
+    for name in ("app", "worker") if has_queue else ("app",):
+        service = compose["services"][name]
+        tmpfs = {"type": "tmpfs", "target": "/tmp/prometheus"}
+        assert (tmpfs in service.get("volumes", [])) == metrics, name
+        multiprocess = service.get("environment", {}).get("PROMETHEUS_MULTIPROC_DIR")
+        assert multiprocess == ("/tmp/prometheus" if metrics else None), name
+    # The `observability` profile: what looks at the telemetry, on loopback only.
+    viewers = {"prometheus": metrics, "jaeger": tracing}
+    for name, chosen in viewers.items():
+        assert (name in compose["services"]) == chosen, name
+        if chosen:
+            assert compose["services"][name]["profiles"] == ["observability"]
+            assert compose["services"][name]["ports"][0].startswith("127.0.0.1:")
+    assert ("configs" in compose) == metrics
+    if metrics:
+        scraped = yaml.safe_load(compose["configs"]["prometheus"]["content"])
+        jobs = {job["job_name"] for job in scraped["scrape_configs"]}
+        assert jobs == ({"app", "worker"} if has_queue else {"app"})
 
     # compose.yaml publishes the API alone; compose.dev.yaml, which exists exactly when
     # there is a database server or a broker, publishes those on 127.0.0.1 only.
@@ -334,7 +354,7 @@ def check_render(answers: Answers, project: Path) -> None:
         {"broker"} if has_queue else set()
     )
     published = {name for name, sv in compose["services"].items() if "ports" in sv}
-    assert published == {"app"}
+    assert published - set(viewers) == {"app"}
     assert compose["services"]["app"]["ports"] == ["8000:8000"]
     assert (project / "compose.dev.yaml").exists() == bool(servers)
     dev = (
