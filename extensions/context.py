@@ -18,13 +18,16 @@ fresh on every render and only ever written to the git-ignored ``.env``.
 
 from __future__ import annotations
 
+import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any, NamedTuple
 
 from copier_template_extensions import ContextHook
+from jinja2 import Environment, pass_context
+from jinja2.runtime import Context
 
 LAYOUTS = ("small", "medium", "large")
 
@@ -299,13 +302,15 @@ def partial_path(concept: str, variant: str | None = None) -> str:
     return f"template/_partials/{concept}{suffix}"
 
 
+ENGINE_LABELS = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mysql": "MySQL"}
+
+
 def summary(answers: Answers, flags: Mapping[str, bool]) -> str:
     """What the answers chose, in a few words (the generated README's first line)."""
     parts = [f"{answers.layout} layout"]
     if flags["has_db"]:
         library = "SQLModel" if answers.db_library == "sqlmodel" else "SQLAlchemy"
-        engine = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mysql": "MySQL"}
-        parts.append(f"{library} on {engine[answers.db_engine]}")
+        parts.append(f"{library} on {ENGINE_LABELS[answers.db_engine]}")
     if flags["has_jwt"]:
         parts.append("JWT auth")
     elif flags["has_api_key"]:
@@ -362,6 +367,63 @@ def routers(layout: str, features: list[str]) -> list[Router]:
             Router("from app.api.v1.router import api_router", "api_router", api),
         ]
     return []
+
+
+# A route that reads a request body may also answer these: a malformed body, one
+# over MAX_REQUEST_BODY_BYTES, and one the request model refuses.
+BODY_ERRORS = (400, 413, 422)
+REQUIRE_API_KEY = "dependencies=[Depends(require_api_key)]"
+
+
+def _responses(codes: Sequence[int]) -> list[str]:
+    return [f"responses=error_responses({', '.join(map(str, codes))})"] if codes else []
+
+
+@pass_context
+def route_arguments(
+    context: Context,
+    feature: str,
+    path: str,
+    args: str = "",
+    errors: Sequence[int] = (),
+    body: bool = False,
+) -> list[str]:
+    """The arguments of a route's decorator. In the small layout, routes are declared
+    on the app and carry what a router carries otherwise: the feature's prefix and
+    tag, the API key it requires and the errors all its routes answer with."""
+    codes = [*errors, *(BODY_ERRORS if body else ())]
+    extra = [args] if args else []
+    if context["layout"] == "small":
+        path = ("" if feature == "health" else f"/api/v1/{feature}") + path
+        extra = [f'tags=["{feature}"]', *extra]
+        if feature in context["key_protected"]:
+            extra.append(REQUIRE_API_KEY)
+        codes = [*context["feature_errors"][feature], *codes]
+    return [json.dumps(path), *extra, *_responses(sorted(set(codes)))]
+
+
+@pass_context
+def router_arguments(context: Context, feature: str) -> list[str]:
+    """The arguments of a feature's APIRouter (the medium and large layouts)."""
+    prefix = [] if feature == "health" else [f'prefix="/{feature}"']
+    key = [REQUIRE_API_KEY] if feature in context["key_protected"] else []
+    errors = context["feature_errors"][feature]
+    return [*prefix, f'tags=["{feature}"]', *key, *_responses(errors)]
+
+
+@pass_context
+def route_imports(context: Context, feature: str) -> str:
+    """What a feature's route declarations import (the `pymodule` filter sorts it)."""
+    mod = context["mod"]
+    lines = []
+    if feature in context["key_protected"]:
+        lines += [
+            "from fastapi import Depends",
+            f"from {mod['keys_deps']} import require_api_key",
+        ]
+    if feature != "health":
+        lines.append(f"from {mod['errors']} import error_responses")
+    return "\n".join(lines)
 
 
 def service_ref(layout: str, feature: str) -> tuple[str, str]:
@@ -426,12 +488,14 @@ POINTS: dict[str, str] = {
     # `configs()` (files written in compose.yaml);
     # and compose.dev.yaml: `dev()` (ports published on 127.0.0.1 for development).
     "compose": "compose.yaml.jinja",
-    # The generated CI workflow's test job: `services()` (service containers) and
-    # `env()` (its environment).
+    # The generated CI workflow's test job: `services()` (service containers),
+    # `env()` (its environment) and `steps()` (checks before the tests).
     "ci": "ci.yml.jinja",
     # README.md: `quickstart()` lines, `settings()` rows, `usage()` paragraphs,
-    # `sections()` of its own, and `deploying()` notes. Features (the packages with
-    # routes) write their `api()` rows in a file of the same name.
+    # `sections()` of its own, and `deploying()` notes; inside the metrics' and the
+    # tracing's sections, `metric_rows()` and `traced()` of the options adding to
+    # them. Features (the packages with routes) write their `api()` rows in a file
+    # of the same name.
     "readme": "readme.md.jinja",
     # The generated tests/conftest.py: fixtures at the top level, and macros for
     # what goes into the shared fixtures (see tests/conftest.py.jinja).
@@ -442,6 +506,11 @@ POINTS: dict[str, str] = {
 OPTIONS: tuple[Option, ...] = (
     # Every service refuses request bodies over MAX_REQUEST_BODY_BYTES.
     Option("limits", "always", ("settings", "middleware", "env_example", "readme")),
+    # A database server (PostgreSQL, MySQL): its password, which .env's DATABASE_URL
+    # expands (so it comes first), and the server the app's containers wait for.
+    Option("db/server", "on_server", ("env", "env_example", "compose", "readme")),
+    # MySQL's root password (the tests create their databases as root), and its server.
+    Option("db/mysql", "on_mysql", ("env", "env_example", "compose", "ci")),
     Option(
         "db",
         "has_db",
@@ -458,8 +527,18 @@ OPTIONS: tuple[Option, ...] = (
             "conftest",
         ),
     ),
-    Option("health", "has_checks", ("settings",)),
+    # The connections to a server: the pool, and who may create the tests' databases.
+    Option("db/connections", "on_server", ("settings", "env_example", "readme")),
+    # Each engine's own service, in compose and in the generated CI; MySQL's root,
+    # as the tests use it (the README).
+    Option("db/postgresql", "on_postgresql", ("compose", "ci")),
+    Option("db/mysql", "on_mysql", ("readme",)),
+    # The SQLite file, in a volume.
+    Option("db/sqlite", "on_sqlite", ("compose",)),
+    Option("health", "has_checks", ("settings", "env_example", "readme")),
     Option("jobs", "has_jobs", ("settings", "env_example", "readme", "conftest")),
+    # Jobs that run in the API process (BackgroundTasks).
+    Option("jobs/tasks", "has_tasks", ("readme",)),
     Option(
         "queue",
         "has_queue",
@@ -474,16 +553,18 @@ OPTIONS: tuple[Option, ...] = (
             "conftest",
         ),
     ),
-    Option("celery", "is_celery", ("settings", "env_example", "conftest")),
+    Option("celery", "is_celery", ("settings", "env_example", "readme", "conftest")),
     Option("jobstore", "jobs_in_redis", ("settings", "lifespan", "env_example")),
     # The suite's job store without a database, whether the app's is Redis or memory.
     Option("jobstore", "jobs_in_store", ("conftest",)),
-    Option("taskiq", "is_taskiq", ("lifespan", "conftest")),
+    Option("taskiq", "is_taskiq", ("lifespan", "readme", "conftest")),
     Option("auth", "has_jwt", ("settings", "env_example", "env", "readme", "conftest")),
     # API keys: what both kinds say in the README, and what keys kept in settings
     # (without a database) add to the settings.
     Option("keys", "has_api_key", ("readme", "conftest")),
     Option("keys", "api_keys_in_settings", ("settings", "env_example", "env")),
+    Option("keys/db", "api_keys_in_db", ("readme",)),
+    Option("keys/listed", "api_keys_in_settings", ("readme",)),
     # Prometheus metrics: every request (the middleware is inside the body limit,
     # and sees its 413s), the database pool, and the jobs.
     Option(
@@ -491,11 +572,15 @@ OPTIONS: tuple[Option, ...] = (
         "has_metrics",
         ("settings", "lifespan", "middleware", "env_example", "compose", "readme"),
     ),
-    Option("metrics/db", "metrics_on_db", ("lifespan",)),
+    Option("metrics/db", "metrics_on_db", ("lifespan", "readme")),
     # Jobs counted where they are queued and where they run; a worker serves its
     # processes' figures on a port of its own.
-    Option("metrics/jobs", "metrics_on_jobs", ("jobs",)),
-    Option("metrics/worker", "metrics_on_queue", ("settings", "worker", "env_example")),
+    Option("metrics/jobs", "metrics_on_jobs", ("jobs", "readme")),
+    Option(
+        "metrics/worker",
+        "metrics_on_queue",
+        ("settings", "worker", "env_example", "readme"),
+    ),
     # OpenTelemetry: a span per request (its middleware inside the metrics'), SQL
     # statements and outgoing httpx calls, exported over OTLP.
     Option(
@@ -512,10 +597,10 @@ OPTIONS: tuple[Option, ...] = (
             "conftest",
         ),
     ),
-    Option("tracing/db", "tracing_on_db", ("lifespan",)),
+    Option("tracing/db", "tracing_on_db", ("lifespan", "readme")),
     # A span per job, in the trace of the request that queued it: carried through
     # the broker by Celery's instrumentation or Taskiq's middleware.
-    Option("tracing/jobs", "tracing_on_jobs", ("jobs",)),
+    Option("tracing/jobs", "tracing_on_jobs", ("jobs", "readme")),
     Option("tracing/celery", "tracing_on_celery", ("worker",)),
     Option("tracing/taskiq", "tracing_on_taskiq", ("worker",)),
     # Unhandled errors reported to Sentry, from the error handler.
@@ -685,6 +770,7 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "has_jobs": background != "none",
         # Celery and Taskiq run jobs in worker processes, fed through a broker.
         "has_queue": background in {"celery", "taskiq"},
+        "has_tasks": background == "fastapi",
         "is_celery": background == "celery",
         "is_taskiq": background == "taskiq",
         # Where job status lives: the database; else this process (BackgroundTasks)
@@ -698,6 +784,7 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "on_sqlite": has_db and db_engine == "sqlite",
         "on_postgresql": has_db and db_engine == "postgresql",
         "on_mysql": has_db and db_engine == "mysql",
+        "on_server": has_db and db_engine in {"postgresql", "mysql"},
         "celery_on_redis": background == "celery" and broker == "redis",
         "celery_on_rabbitmq": background == "celery" and broker == "rabbitmq",
         "taskiq_on_redis": background == "taskiq" and broker == "redis",
@@ -767,6 +854,24 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "layout": layout,
         "engine": engine,
         "server_engine": engine in {"postgresql", "mysql"},
+        "engine_label": ENGINE_LABELS.get(engine, ""),
+        "broker_label": {"redis": "Redis", "rabbitmq": "RabbitMQ"}.get(
+            broker if flags["has_queue"] else "", ""
+        ),
+        "worker_label": {"celery": "Celery", "taskiq": "Taskiq"}.get(background, ""),
+        # Rows owned by a user (JWT), or by nobody: what the services add for owners.
+        "owner": "template/_partials/owner/"
+        + ("user" if flags["has_jwt"] else "none")
+        + ".jinja",
+        # Taskiq's broker on the transport chosen (worker.taskiq.py.jinja).
+        "taskiq_broker": f"template/_partials/taskiq/broker.{broker}.jinja",
+        # What compose.dev.yaml publishes on 127.0.0.1 for development.
+        "dev_services": [
+            *(["db"] if db_engine in {"postgresql", "mysql"} and has_db else []),
+            *(["broker"] if flags["has_queue"] else []),
+        ],
+        # What mypy checks (the generated pyproject.toml's [tool.mypy] files).
+        "typed_packages": ["app", "tests", *(["migrations"] if has_db else [])],
         "db_name": db_name,
         "broker": broker if flags["has_queue"] else "none",
         # The broker in compose's names (RabbitMQ's guest may not connect remotely):
@@ -795,7 +900,12 @@ def _derive(answers: Answers) -> dict[str, Any]:
             if background == "celery"
             else ["taskiq", "worker", "app.worker:broker"]
         ),
-        # How migrations spell the column type of UTCDateTime.
+        # The items migration follows the users' (JWT) or starts the history.
+        "items_down_revision": "0001" if flags["has_jwt"] else None,
+        # How migrations spell the column type of UTCDateTime, and what it imports.
+        "timestamp_import": (
+            "from sqlalchemy.dialects import mysql\n" if engine == "mysql" else ""
+        ),
         "timestamp_type": (
             "mysql.DATETIME(fsp=6)"
             if engine == "mysql"
@@ -854,7 +964,16 @@ def derive(answers: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class ContextUpdater(ContextHook):
-    """Adds the derived values, and fresh secrets for `.env`, to every render context."""
+    """Adds the derived values, and fresh secrets for `.env`, to every render context,
+    and the functions that lay out route declarations."""
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        environment.globals.update(
+            route_arguments=route_arguments,
+            router_arguments=router_arguments,
+            route_imports=route_imports,
+        )
 
     def hook(self, context: dict[str, Any]) -> None:
         context.update(derive(context))

@@ -292,7 +292,9 @@ def quoted(value: object) -> str:
 
 def python_string(value: object) -> str:
     """A Python string literal, quoted as ruff format quotes it: double quotes, unless
-    the text holds more double than single quotes."""
+    the text holds more double than single quotes (None stays None)."""
+    if value is None:
+        return "None"
     text = str(value)
     literal = json.dumps(text, ensure_ascii=False)
     if text.count('"') > text.count("'"):

@@ -110,6 +110,43 @@ def test_each_database_answer_brings_its_packages_and_no_others(
     assert not absent & names
 
 
+def _render_call(expression: str, answers: dict[str, str]) -> str:
+    """``expression`` rendered with the context hook's globals and derived values."""
+    from jinja2 import Environment
+
+    environment = Environment(extensions=[context.ContextUpdater])
+    values = context.derive(DEFAULTS | answers)
+    return environment.from_string(expression).render(values)
+
+
+def test_a_route_on_the_app_carries_its_features_prefix_key_and_errors() -> None:
+    answers = {"project_size": "small", "auth": "api_key"}
+    rendered = _render_call(
+        '{{ route_arguments("items", "/{item_id}", errors=[404], body=true) }}', answers
+    )
+    assert rendered == (
+        "['\"/api/v1/items/{item_id}\"', 'tags=[\"items\"]', "
+        "'dependencies=[Depends(require_api_key)]', "
+        "'responses=error_responses(400, 401, 404, 413, 422, 503)']"
+    )
+
+
+def test_a_route_on_a_router_leaves_the_prefix_key_and_feature_errors_to_it() -> None:
+    answers = {"project_size": "medium", "auth": "api_key"}
+    route = _render_call('{{ route_arguments("items", "", errors=[422]) }}', answers)
+    assert route == "['\"\"', 'responses=error_responses(422)']"
+    router = _render_call('{{ router_arguments("items") }}', answers)
+    assert "dependencies=[Depends(require_api_key)]" in router
+    assert 'prefix="/items"' in router
+    imports = _render_call('{{ route_imports("health") }}', answers)
+    assert imports == ""
+
+
+def test_a_string_literal_of_none_is_none() -> None:
+    assert pymodule.python_string(None) == "None"
+    assert pymodule.python_string("0001") == '"0001"'
+
+
 def test_every_variant_of_a_concept_has_its_file() -> None:
     for concept, (_, variants) in context.VARIANTS.items():
         for variant in variants.values():
