@@ -104,3 +104,37 @@ def test_every_tracked_path_checks_out_on_windows() -> None:
             assert part.split(".")[0].upper() not in WINDOWS_RESERVED, path
     # Windows file systems ignore case: two names may not differ by case only.
     assert len({path.lower() for path in paths}) == len(paths)
+
+
+# Code that differs by an answer lives in options, variant files and macro files,
+# not in branches of shared partials: no template file holds more than one
+# conditional (an `if` or `elif` in a Jinja tag or expression) per 15 lines. The
+# exceptions branch on something else: the line length of a call (call.jinja) and
+# whether an option defines a macro (points.jinja).
+LINES_PER_CONDITIONAL = 15
+CONDITIONAL_HELPERS = {"_partials/routing/call.jinja", "_partials/points.jinja"}
+
+
+def conditionals(text: str) -> int:
+    tags = re.findall(r"\{%-?(.*?)-?%\}|\{\{(.*?)\}\}", text, re.DOTALL)
+    return sum(len(re.findall(r"\b(?:el)?if\b", block + expr)) for block, expr in tags)
+
+
+def test_conditionals_count_what_the_rule_means() -> None:
+    text = '{% if a %}x{% elif b %}y{% endif %}{{ "c" if d else "" }}{% set e = 1 %}'
+    assert conditionals(text) == 3
+    assert conditionals("if x:\n    pass  # Python, not Jinja") == 0
+
+
+def test_no_template_file_branches_more_than_once_per_15_lines() -> None:
+    template = ROOT / "template"
+    crowded = {}
+    for path in template.rglob("*"):
+        name = path.relative_to(template).as_posix()
+        if not path.is_file() or name in CONDITIONAL_HELPERS:
+            continue
+        text = path.read_text(encoding="utf-8")
+        count, lines = conditionals(text), text.count("\n") + 1
+        if count > 1 and count * LINES_PER_CONDITIONAL > lines:
+            crowded[name] = f"{count} in {lines} lines"
+    assert not crowded, crowded
