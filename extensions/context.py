@@ -558,6 +558,8 @@ OPTIONS: tuple[Option, ...] = (
     # The suite's job store without a database, whether the app's is Redis or memory.
     Option("jobstore", "jobs_in_store", ("conftest",)),
     Option("taskiq", "is_taskiq", ("lifespan", "readme", "conftest")),
+    # Tasks in the suite use the test's database sessions.
+    Option("taskiq/db", "taskiq_on_db", ("conftest",)),
     Option("auth", "has_jwt", ("settings", "env_example", "env", "readme", "conftest")),
     # API keys: what both kinds say in the README, and what keys kept in settings
     # (without a database) add to the settings.
@@ -773,6 +775,7 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "has_tasks": background == "fastapi",
         "is_celery": background == "celery",
         "is_taskiq": background == "taskiq",
+        "taskiq_on_db": background == "taskiq" and has_db,
         # Where job status lives: the database; else this process (BackgroundTasks)
         # or Redis (workers need a store every process can read).
         "jobs_in_db": background != "none" and has_db,
@@ -867,7 +870,7 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "taskiq_broker": f"template/_partials/taskiq/broker.{broker}.jinja",
         # What compose.dev.yaml publishes on 127.0.0.1 for development.
         "dev_services": [
-            *(["db"] if db_engine in {"postgresql", "mysql"} and has_db else []),
+            *(["db"] if flags["on_server"] else []),
             *(["broker"] if flags["has_queue"] else []),
         ],
         # What mypy checks (the generated pyproject.toml's [tool.mypy] files).
