@@ -5,6 +5,7 @@
     uv run python bench/run.py variants    # the covering set installed and tested
     uv run python bench/run.py suite       # the default service's own test suite
     uv run python bench/run.py serve       # throughput, p99, start-up and memory
+    uv run python bench/run.py export      # memory of a 100,000-item streamed export
     uv run python bench/run.py all         # all of them
 
 `--quick` runs each once on a small scale (CI does, so they cannot rot); the full runs
@@ -370,10 +371,9 @@ def seed(base: str) -> tuple[str, int]:
     return token, ids[len(ids) // 2]
 
 
-def postgres_sql(statement: str) -> None:
-    check(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-Atq", "-c", statement], cwd=ROOT
-    )
+def postgres_sql(statement: str, database: str = "postgres") -> None:
+    client = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", database, "-Atq"]
+    check([*client, "-c", statement], cwd=ROOT)
 
 
 # The endpoints measured, as the side-by-side script measures them.
@@ -569,6 +569,86 @@ def bench_serve(runs: int, seconds: int, work: Path, quick: bool) -> dict[str, A
     return figures
 
 
+def resident_mib(pid: int) -> float:
+    """The memory the process holds now (VmRSS), in MiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(r"VmRSS:\s*(\d+)", status)
+    assert found, status
+    return round(int(found[1]) / 1024, 1)
+
+
+def seed_items(database: str, rows: int) -> None:
+    """``rows`` items of the seeded user, inserted by the server in one statement."""
+    postgres_sql(
+        f"INSERT INTO items (name, description, owner_id, created_at, updated_at) "
+        f"SELECT 'Item ' || n, 'Description of item ' || n, "
+        f"(SELECT min(id) FROM users), now(), now() "
+        f"FROM generate_series(1, {rows}) AS n",
+        database,
+    )
+
+
+def exported(url: str, token: str) -> tuple[int, int]:
+    """Reads a streamed export to the end, a chunk at a time: its lines and bytes."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    lines = size = 0
+    with urllib.request.urlopen(request) as answer:
+        while chunk := answer.read(1 << 16):
+            lines += chunk.count(b"\n")
+            size += len(chunk)
+    return lines, size
+
+
+def bench_export(rows: int, work: Path) -> dict[str, Any]:
+    """A PostgreSQL render of the defaults serving an export of ``rows`` items, as
+    NDJSON and as CSV: what the server holds before (after a warm-up) and at its
+    peak, and how fast the rows stream."""
+    env = tool_env() | {
+        "ENVIRONMENT": "production",
+        "SECRET_KEY": "serve-benchmark-secret-key-0123456789abcdefghijkl",
+        "ACCESS_TOKEN_EXPIRE_MINUTES": "600",
+        "ACCESS_LOG": "false",
+        "CORS_ORIGINS": "[]",
+    }
+    service = installed(render_answers(work / "export", {"db_engine": "postgresql"}))
+    python = str(service / ".venv" / "bin" / "python")
+    database = f"bench_export_{os.getpid()}"
+    postgres_sql(f"CREATE DATABASE {database}")
+    figures: dict[str, Any] = {"rows": rows}
+    try:
+        served = env | {"DATABASE_URL": POSTGRES.format(database=database)}
+        check([python, "-m", "alembic", "upgrade", "head"], cwd=service, env=served)
+        with serving(python, "app.main:app", service, served) as (base, _, _):
+            token, _ = seed(base)
+        seed_items(database, rows)
+        with serving(python, "app.main:app", service, served) as (base, process, _):
+            # Warm: the routes, the pool and the models have served (not the
+            # export: its first run is part of what is measured).
+            for _ in range(3):
+                call_json("GET", f"{base}/api/v1/items?size=50", token=token)
+            idle = resident_mib(process.pid)
+            for file_format, header in (("ndjson", 0), ("csv", 1)):
+                url = f"{base}/api/v1/items/export?format={file_format}"
+                started = time.perf_counter()
+                lines, size = exported(url, token)
+                seconds = time.perf_counter() - started
+                if lines != rows + 50 + header:
+                    raise SystemExit(f"{url}: {lines} lines for {rows + 50} items")
+                figures[f"postgresql_export_{file_format}_rows_per_second"] = round(
+                    lines / seconds
+                )
+                figures[f"postgresql_export_{file_format}_mib"] = round(size / 2**20, 1)
+            figures["postgresql_export_idle_rss_mib"] = idle
+            figures["postgresql_export_peak_rss_mib"] = peak_mib(process.pid)
+    finally:
+        postgres_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    figures["postgresql_export_rss_growth_mib"] = round(
+        figures["postgresql_export_peak_rss_mib"] - idle, 1
+    )
+    figures["targets"] = {"postgresql_export_rss_growth_mib": ("<=", 20)}
+    return figures
+
+
 def run_benchmark(name: str, quick: bool, work: Path) -> dict[str, Any]:
     runs = 1 if quick else 5
     if name == "render":
@@ -579,12 +659,14 @@ def run_benchmark(name: str, quick: bool, work: Path) -> dict[str, Any]:
         return bench_variants(quick, work)
     if name == "suite":
         return bench_suite(runs, work, quick)
+    if name == "export":
+        return bench_export(10_000 if quick else 100_000, work)
     return bench_serve(runs, 1 if quick else 10, work, quick)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    choices = ["render", "sweep", "variants", "suite", "serve", "all"]
+    choices = ["render", "sweep", "variants", "suite", "serve", "export", "all"]
     parser.add_argument("benchmark", choices=choices)
     parser.add_argument("--quick", action="store_true", help="once, small: for CI")
     parser.add_argument("--output", type=Path, default=RESULTS)

@@ -375,8 +375,13 @@ BODY_ERRORS = (400, 413, 422)
 REQUIRE_API_KEY = "dependencies=[Depends(require_api_key)]"
 
 
-def _responses(codes: Sequence[int]) -> list[str]:
-    return [f"responses=error_responses({', '.join(map(str, codes))})"] if codes else []
+def _responses(codes: Sequence[int], ok: str = "") -> list[str]:
+    """The `responses` of a route: the errors it answers with and, when a route
+    documents its own 200 (``ok``, a Python expression), that too."""
+    parts = [f"error_responses({', '.join(map(str, codes))})"] if codes else []
+    if ok:
+        parts.append(f"{{200: {ok}}}")
+    return [f"responses={' | '.join(parts)}"] if parts else []
 
 
 @pass_context
@@ -387,6 +392,7 @@ def route_arguments(
     args: str = "",
     errors: Sequence[int] = (),
     body: bool = False,
+    ok: str = "",
 ) -> list[str]:
     """The arguments of a route's decorator. In the small layout, routes are declared
     on the app and carry what a router carries otherwise: the feature's prefix and
@@ -399,7 +405,7 @@ def route_arguments(
         if feature in context["key_protected"]:
             extra.append(REQUIRE_API_KEY)
         codes = [*context["feature_errors"][feature], *codes]
-    return [json.dumps(path), *extra, *_responses(sorted(set(codes)))]
+    return [json.dumps(path), *extra, *_responses(sorted(set(codes)), ok)]
 
 
 @pass_context

@@ -28,6 +28,12 @@ EXPECTED = {
         "bare_fastapi_health_requests_per_second",
         "health_vs_bare_ratio",
     },
+    "export": {
+        "postgresql_export_ndjson_rows_per_second",
+        "postgresql_export_csv_rows_per_second",
+        "postgresql_export_idle_rss_mib",
+        "postgresql_export_peak_rss_mib",
+    },
 }
 
 

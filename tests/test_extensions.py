@@ -142,6 +142,18 @@ def test_a_route_on_a_router_leaves_the_prefix_key_and_feature_errors_to_it() ->
     assert imports == ""
 
 
+def test_a_route_that_documents_its_own_200_merges_it_after_the_errors() -> None:
+    answers = {"project_size": "medium"}
+    route = _render_call(
+        '{{ route_arguments("items", "/export", errors=[422], ok="EXPORT") }}', answers
+    )
+    assert route == (
+        "['\"/export\"', 'responses=error_responses(422) | {200: EXPORT}']"
+    )
+    alone = _render_call('{{ route_arguments("items", "/x", ok="EXPORT") }}', answers)
+    assert alone == "['\"/x\"', 'responses={200: EXPORT}']"
+
+
 def test_a_string_literal_of_none_is_none() -> None:
     assert pymodule.python_string(None) == "None"
     assert pymodule.python_string("0001") == '"0001"'
