@@ -907,7 +907,7 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "worker_command": (
             ["celery", "-A", "app.worker", "worker", "--loglevel=INFO"]
             if background == "celery"
-            else ["taskiq", "worker", "app.worker:broker"]
+            else ["python", "-m", "app.worker"]
         ),
         # The items migration follows the users' (JWT) or starts the history.
         "items_down_revision": "0001" if flags["has_jwt"] else None,
