@@ -625,3 +625,101 @@ def test_every_answer_migration_has_a_test() -> None:
     # Each entry renames or removes an answer or moves a file; MIGRATION_SCENARIOS
     # below must render the old version, update, and check the result for each.
     assert len(migrations) == len(MIGRATION_SCENARIOS)
+
+
+# GitHub's CLI, as the template-update workflow calls it: the calls are recorded,
+# `pr list` lists the pull request once one was created, the rest succeed.
+GH_STUB = """#!/bin/sh
+echo "$*" >> "$GH_LOG"
+if [ "$1 $2" = "pr list" ] && grep -q "^pr create" "$GH_LOG"; then
+  echo 1
+fi
+"""
+
+
+def run_workflow_job(workflow: Path, project: Path, env: dict[str, str]) -> None:
+    """The steps of the workflow's one job that run commands, as a runner runs them
+    (bash with -e and pipefail), with the expressions they use filled in."""
+    (job,) = yaml.safe_load(workflow.read_text())["jobs"].values()
+    outputs = Path(env["GITHUB_OUTPUT"])
+    for step in job["steps"]:
+        if "run" not in step:
+            continue
+        found = dict(
+            line.split("=", 1) for line in outputs.read_text().splitlines() if line
+        )
+        latest = found.get("latest", "")
+        if step.get("if") == "steps.check.outputs.latest != ''" and not latest:
+            continue
+        assert step.get("if") in {None, "steps.check.outputs.latest != ''"}, step
+        expressions = {
+            "${{ secrets.TEMPLATE_UPDATE_TOKEN || github.token }}": "a-token",
+            "${{ steps.check.outputs.latest }}": latest,
+        }
+        step_env = {**job["env"], **step.get("env", {})}
+        for name, value in step_env.items():
+            step_env[name] = expressions.get(value, value)
+            assert "${{" not in step_env[name], value
+        run(
+            "bash",
+            "-e",
+            "-o",
+            "pipefail",
+            "-c",
+            step["run"],
+            cwd=project,
+            env={**env, **step_env},
+        )
+
+
+def test_template_update_workflow_opens_one_pull_request_per_release(
+    template: Snapshot, tmp_path: Path
+) -> None:
+    # A template whose next release comes after the project was generated.
+    source = tmp_path / "template"
+    git("clone", "--quiet", template.path, source, cwd=tmp_path)
+    project = generate(
+        Snapshot(source, template.tag), tmp_path / "service", {}, template.tag
+    )
+    origin = tmp_path / "origin.git"
+    git("init", "--quiet", "--bare", origin, cwd=tmp_path)
+    git("remote", "add", "origin", origin, cwd=project)
+    git("push", "--quiet", "origin", "HEAD", cwd=project)
+    readme = source / "template" / "README.md.jinja"
+    readme.write_text(readme.read_text() + "\nA line of the next release.\n")
+    git("commit", "--quiet", "--all", "-m", "The next release", cwd=source)
+    git("tag", "v999.0.1", cwd=source)
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    (stubs / "gh").write_text(GH_STUB)
+    (stubs / "gh").chmod(0o755)
+    runner = tmp_path / "runner"
+    runner.mkdir()
+    env = tool_env() | {
+        "PATH": f"{stubs}:{Path(sys.executable).parent}:{tool_env()['PATH']}",
+        "GH_LOG": str(tmp_path / "gh.log"),
+        "GITHUB_OUTPUT": str(runner / "output"),
+        "RUNNER_TEMP": str(runner),
+    }
+    workflow = project / ".github" / "workflows" / "template-update.yml"
+
+    default_branch = git("branch", "--show-current", cwd=project).strip()
+
+    for _ in range(2):  # the second run finds the pull request of the first
+        # Each scheduled run starts from a fresh checkout of the default branch.
+        git("switch", "--quiet", default_branch, cwd=project)
+        Path(env["GITHUB_OUTPUT"]).write_text("")
+        run_workflow_job(workflow, project, env)
+
+    calls = (tmp_path / "gh.log").read_text().splitlines()
+    branch = "template-update/999.0.1"
+    answers = git("show", f"{branch}:.copier-answers.yml", cwd=origin)
+    assert "_commit: v999.0.1" in answers
+    assert "A line of the next release." in git(
+        "show", f"{branch}:README.md", cwd=origin
+    )
+    assert [call for call in calls if call.startswith("pr create")] == [
+        f"pr create --head {branch} --title Update to template 999.0.1 "
+        f"--body-file {runner}/body.md"
+    ]
+    assert "template 999.0.1" in (runner / "body.md").read_text()

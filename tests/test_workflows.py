@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shlex
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,17 @@ def test_every_action_is_pinned_to_a_commit_with_its_tag_beside_it() -> None:
     text = "\n".join(path.read_text() for path in WORKFLOWS)
     for ref in set(uses):
         assert re.search(rf"{re.escape(ref)} # v\d", text), f"{ref} names no tag"
+
+
+def test_the_template_update_workflow_runs_the_copier_this_repository_pins() -> None:
+    workflow = ROOT / "template" / ".github" / "workflows" / "template-update.yml"
+    (job,) = yaml.safe_load(workflow.read_text())["jobs"].values()
+    pinned = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["dependency-groups"][
+            "template"
+        ]
+    )
+    assert {job["env"]["COPIER"], job["env"]["EXTENSIONS"]} <= pinned
 
 
 def selected_test_files(command: str) -> list[str]:
