@@ -8,6 +8,7 @@ tests/test_docs.py runs the check, so the committed pages always match the templ
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -19,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from copier import run_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import render as render_checkout  # noqa: E402
+from tests.conftest import rendering_fast, template_copy  # noqa: E402
 from tests.matrix import (  # noqa: E402
     architecture_set,
     copier_data,
@@ -55,7 +57,22 @@ COMPARISONS = {
 
 
 def render(destination: Path, answers: Mapping[str, str]) -> Path:
-    return render_checkout(destination, copier_data(defaults() | dict(answers)))
+    run_copy(
+        str(work_tree()),
+        destination,
+        data=copier_data(defaults() | dict(answers)),
+        defaults=True,
+        unsafe=True,
+        quiet=True,
+    )
+    return destination
+
+
+@functools.cache
+def work_tree() -> Path:
+    """This checkout's files, uncommitted changes included, as plain files: renders
+    from them skip Copier's clone of the repository."""
+    return template_copy()
 
 
 def cell(text: str) -> str:
@@ -400,7 +417,7 @@ def per_variant_tables(figures: dict[str, dict[str, object]]) -> list[str]:
 
 
 def pages() -> dict[str, str]:
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as work, rendering_fast():
         workdir = Path(work)
         return {
             "questionnaire.md": questionnaire_page(),
