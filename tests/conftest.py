@@ -162,10 +162,18 @@ LIST_DATABASES = {
 }
 
 
-def server_sql(engine: str, statement: str) -> list[str]:
-    """Run SQL on a local server with its command-line client; the output lines."""
+# How each client names the database it runs in.
+DATABASE_OPTIONS = {"postgresql": "-d", "mysql": "-D"}
+
+
+def server_sql(engine: str, statement: str, database: str | None = None) -> list[str]:
+    """Run SQL on a local server with its command-line client, in its default
+    database unless one is named; the output lines."""
+    *client, run_option = SERVER_CLIENTS[engine]
+    if database:
+        client += [DATABASE_OPTIONS[engine], database]
     completed = subprocess.run(
-        [*SERVER_CLIENTS[engine], statement],
+        [*client, run_option, statement],
         capture_output=True,
         text=True,
         check=False,

@@ -8,6 +8,7 @@ import concurrent.futures
 import importlib
 import json
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -188,9 +189,11 @@ def service(
 
 
 @contextmanager
-def serving(project: Path, env: dict[str, str]) -> Iterator[tuple[str, list[str]]]:
-    """uvicorn on a free loopback port; the base URL, and what it logged once it
-    stopped."""
+def serving(
+    project: Path, env: dict[str, str]
+) -> Iterator[tuple[str, list[str], subprocess.Popen[str]]]:
+    """uvicorn on a free loopback port; the base URL, what it logged once it
+    stopped, and the process."""
     port = free_port()
     command = [uv(), "run", "--no-sync", "uvicorn", "app.main:app"]
     server = subprocess.Popen(
@@ -212,7 +215,7 @@ def serving(project: Path, env: dict[str, str]) -> Iterator[tuple[str, list[str]
                     break
             assert time.monotonic() < deadline, "the service did not serve in 60 s"
             time.sleep(0.1)
-        yield base, logged
+        yield base, logged, server
     finally:
         server.terminate()
         _, errors = server.communicate(timeout=30)
@@ -247,7 +250,7 @@ def test_database_outage_returns_503_then_the_service_recovers(
         f"127.0.0.1:{upstream}", f"127.0.0.1:{proxy.port}"
     )
     env = service.env | {"DATABASE_URL": through_proxy}
-    with serving(service.project, env) as (base, logged), proxy.running():
+    with serving(service.project, env) as (base, logged, _), proxy.running():
         tokens = register_and_sign_in(base, "outage@example.com")
         me = {"Authorization": f"Bearer {tokens['access_token']}"}
         assert call("GET", f"{base}/api/v1/users/me", headers=me).status == 200
@@ -283,6 +286,63 @@ def test_database_outage_returns_503_then_the_service_recovers(
     assert "The database is not available" in logged[0]
 
 
+# Items enough that their export (15 MB) outgrows the socket buffers: the server is
+# still sending when it is told to stop.
+EXPORTED_ROWS = 100_000
+SEED_ITEMS = {
+    "postgresql": "SELECT 'Item ' || n AS name, now() AS created_at "
+    "FROM generate_series(1, {rows}) AS n",
+    "mysql": "SELECT CONCAT('Item ', seq) AS name, NOW(6) AS created_at "
+    "FROM seq_1_to_{rows}",
+}
+
+
+def test_stop_signal_lets_an_export_in_flight_finish(service: Service) -> None:
+    email = "shutdown@example.com"
+    database = urllib.parse.urlsplit(service.env["DATABASE_URL"]).path.lstrip("/")
+    with serving(service.project, service.env) as (base, logged, server):
+        tokens = register_and_sign_in(base, email)
+        rows = SEED_ITEMS[service.engine].format(rows=EXPORTED_ROWS)
+        server_sql(
+            service.engine,
+            "INSERT INTO items (name, created_at, updated_at, owner_id) "
+            "SELECT items.name, items.created_at, items.created_at, users.id "
+            f"FROM ({rows}) AS items, users "
+            f"WHERE users.email = '{email}'",
+            database,
+        )
+        me = {"Authorization": f"Bearer {tokens['access_token']}"}
+        request = urllib.request.Request(f"{base}/api/v1/items/export", headers=me)
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            first = answer.read(4096)
+            server.send_signal(signal.SIGTERM)
+            # The server stops accepting; the rest of this response is still its to
+            # send, and is read only now.
+            time.sleep(1)
+            refused = call_refused(f"{base}/health")
+            rest = answer.read()
+            status = answer.status
+        code = server.wait(timeout=30)
+
+    assert status == 200
+    assert (first + rest).count(b"\n") == EXPORTED_ROWS
+    assert refused
+    # Stopped cleanly (the lifespan closed the pool), then by the signal it was sent:
+    # uvicorn re-raises it once it has shut down.
+    assert "Application shutdown complete" in logged[0], logged
+    assert "Traceback" not in logged[0]
+    assert code == 128 + signal.SIGTERM
+
+
+def call_refused(url: str) -> bool:
+    """Whether a new connection to the server is refused."""
+    try:
+        call("GET", url)
+    except OSError:
+        return True
+    return False
+
+
 def concurrently(*requests: Any) -> list[Answer]:
     """Send the requests at the same moment, from threads."""
     start = threading.Barrier(len(requests))
@@ -299,7 +359,7 @@ def concurrently(*requests: Any) -> list[Answer]:
 def test_concurrent_refreshes_of_one_token_let_one_win_and_revoke_the_family(
     service: Service,
 ) -> None:
-    with serving(service.project, service.env) as (base, _):
+    with serving(service.project, service.env) as (base, _, _):
         tokens = register_and_sign_in(base, f"race-{secrets.token_hex(4)}@example.com")
         spent = {"refresh_token": tokens["refresh_token"]}
 
@@ -325,7 +385,7 @@ def test_concurrent_registrations_of_one_email_give_one_201_and_one_409(
         "email": f"twice-{secrets.token_hex(4)}@example.com",
         "password": PASSWORD,
     }
-    with serving(service.project, service.env) as (base, _):
+    with serving(service.project, service.env) as (base, _, _):
 
         def register() -> Answer:
             return call("POST", f"{base}/api/v1/auth/register", json_body=account)
@@ -346,7 +406,7 @@ def test_client_generated_from_the_schema_parses_real_errors(
     sync(project)
     env = tool_env() | {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/app.db"}
     run(uv(), "run", "--no-sync", "alembic", "upgrade", "head", cwd=project, env=env)
-    with serving(project, env) as (base, _):
+    with serving(project, env) as (base, _, _):
         schema = call("GET", f"{base}/openapi.json").body
         (tmp_path / "openapi.json").write_text(json.dumps(schema))
         generator_env = tool_env() | {"PATH": f"{TOOLS}:{tool_env()['PATH']}"}
