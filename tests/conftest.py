@@ -37,8 +37,9 @@ def isolated_copier_settings(
 
 
 # The modules whose tests take a minute or more each, longest first: pytest-xdist
-# deals out the first quarter of the run in turn and the rest as workers free up,
-# so long tests started first leave no worker idle at the end.
+# (`--dist=worksteal`, pyproject.toml) splits the run between the workers, and a
+# worker that runs out takes half of what another has not started, so long tests
+# started first leave no worker idle at the end.
 LONG_FIRST = ("test_variants", "test_bench", "test_update", "test_telemetry")
 
 

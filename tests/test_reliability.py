@@ -297,20 +297,25 @@ SEED_ITEMS = {
 }
 
 
+def seed_items(service: Service, email: str) -> None:
+    """EXPORTED_ROWS items of the user signed up with ``email``, in one statement."""
+    database = urllib.parse.urlsplit(service.env["DATABASE_URL"]).path.lstrip("/")
+    rows = SEED_ITEMS[service.engine].format(rows=EXPORTED_ROWS)
+    server_sql(
+        service.engine,
+        "INSERT INTO items (name, created_at, updated_at, owner_id) "
+        "SELECT items.name, items.created_at, items.created_at, users.id "
+        f"FROM ({rows}) AS items, users "
+        f"WHERE users.email = '{email}'",
+        database,
+    )
+
+
 def test_stop_signal_lets_an_export_in_flight_finish(service: Service) -> None:
     email = "shutdown@example.com"
-    database = urllib.parse.urlsplit(service.env["DATABASE_URL"]).path.lstrip("/")
     with serving(service.project, service.env) as (base, logged, server):
         tokens = register_and_sign_in(base, email)
-        rows = SEED_ITEMS[service.engine].format(rows=EXPORTED_ROWS)
-        server_sql(
-            service.engine,
-            "INSERT INTO items (name, created_at, updated_at, owner_id) "
-            "SELECT items.name, items.created_at, items.created_at, users.id "
-            f"FROM ({rows}) AS items, users "
-            f"WHERE users.email = '{email}'",
-            database,
-        )
+        seed_items(service, email)
         me = {"Authorization": f"Bearer {tokens['access_token']}"}
         request = urllib.request.Request(f"{base}/api/v1/items/export", headers=me)
         with urllib.request.urlopen(request, timeout=30) as answer:
@@ -332,6 +337,35 @@ def test_stop_signal_lets_an_export_in_flight_finish(service: Service) -> None:
     assert "Application shutdown complete" in logged[0], logged
     assert "Traceback" not in logged[0]
     assert code == 128 + signal.SIGTERM
+
+
+def test_exports_their_clients_abandon_give_their_connections_back(
+    service: Service,
+) -> None:
+    email = "abandon@example.com"
+    # Two connections, and a second's wait for one: a connection an abandoned export
+    # kept would make the reads after it 503s.
+    env = service.env | {
+        "DATABASE_POOL_SIZE": "2",
+        "DATABASE_POOL_TIMEOUT_SECONDS": "1",
+    }
+    with serving(service.project, env) as (base, logged, _):
+        tokens = register_and_sign_in(base, email)
+        seed_items(service, email)
+        me = {"Authorization": f"Bearer {tokens['access_token']}"}
+        request = urllib.request.Request(f"{base}/api/v1/items/export", headers=me)
+        for _ in range(4):
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                assert answer.read(4096)
+            # Closed with most of the export unsent.
+        time.sleep(1)
+        reads = [
+            call("GET", f"{base}/api/v1/items?size=1", headers=me) for _ in range(4)
+        ]
+
+    assert [answer.status for answer in reads] == [200] * 4, reads
+    assert all(answer.body["total"] == EXPORTED_ROWS for answer in reads)
+    assert "Traceback" not in logged[0]
 
 
 def call_refused(url: str) -> bool:
