@@ -326,12 +326,17 @@ def loaded(
     return figures
 
 
-def peak_mib(pid: int) -> float:
-    """The most memory the process has held (VmHWM), in MiB."""
+def memory_mib(pid: int, field: str) -> float:
+    """A memory figure of the process from /proc, in MiB: ``VmHWM``, the most it
+    has held, or ``VmRSS``, what it holds now."""
     status = Path(f"/proc/{pid}/status").read_text()
-    found = re.search(r"VmHWM:\s*(\d+)", status)
+    found = re.search(rf"{field}:\s*(\d+)", status)
     assert found, status
     return round(int(found[1]) / 1024, 1)
+
+
+def peak_mib(pid: int) -> float:
+    return memory_mib(pid, "VmHWM")
 
 
 def call_json(
@@ -377,6 +382,42 @@ def postgres_sql(statement: str, database: str = "postgres") -> None:
     check([*client, "-c", statement], cwd=ROOT)
 
 
+@contextmanager
+def postgres_database(label: str) -> Iterator[str]:
+    """A database of its own on the local PostgreSQL, dropped afterwards: its name."""
+    database = f"bench_{label}_{os.getpid()}"
+    postgres_sql(f"CREATE DATABASE {database}")
+    try:
+        yield database
+    finally:
+        postgres_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+# What every measured render is served with.
+SERVED = {
+    "ENVIRONMENT": "production",
+    "SECRET_KEY": "serve-benchmark-secret-key-0123456789abcdefghijkl",
+    # Long enough for every run: the token of the seed stays valid.
+    "ACCESS_TOKEN_EXPIRE_MINUTES": "600",
+    # As the side-by-side script serves both services: no access log (its cost is
+    # measured apart, on /health).
+    "ACCESS_LOG": "false",
+    # As a production API without a browser front end: the rendered .env allows a
+    # local development origin, whose cost is measured apart too.
+    "CORS_ORIGINS": "[]",
+}
+
+
+def migrated_and_seeded(service: Path, env: Mapping[str, str]) -> tuple[str, int]:
+    """The render's database migrated and seeded by a server process of its own (so
+    the one measured next never registered a user, an Argon2 hash): a token of the
+    seeded user and an item id."""
+    python = str(service / ".venv" / "bin" / "python")
+    check([python, "-m", "alembic", "upgrade", "head"], cwd=service, env=env)
+    with serving(python, "app.main:app", service, env) as (base, _, _):
+        return seed(base)
+
+
 # The endpoints measured, as the side-by-side script measures them.
 ENDPOINTS = {
     "page": "/api/v1/items?size=50",
@@ -396,13 +437,10 @@ def measure_service(
     """Each endpoint of a served render under load: the median of ``runs`` runs.
 
     Seeded by one server process and measured by a fresh one, as the side-by-side
-    script does: the peak memory is what serving takes, not what registering a
-    user (an Argon2 hash) took.
+    script does: the peak memory is what serving takes.
     """
     python = str(service / ".venv" / "bin" / "python")
-    check([python, "-m", "alembic", "upgrade", "head"], cwd=service, env=env)
-    with serving(python, "app.main:app", service, env) as (base, _, _):
-        token, item_id = seed(base)
+    token, item_id = migrated_and_seeded(service, env)
     figures: dict[str, Any] = {}
     headers = {"Authorization": f"Bearer {token}"}
     with serving(python, "app.main:app", service, env) as (base, process, startup):
@@ -474,15 +512,11 @@ def telemetry_cost(
                 render_answers(work / label, {"db_engine": "postgresql", **answers})
             )
         service = services[key]
-        database = f"bench_{label}_{os.getpid()}"
-        postgres_sql(f"CREATE DATABASE {database}")
-        try:
+        with postgres_database(label) as database:
             served = (
                 env | settings | {"DATABASE_URL": POSTGRES.format(database=database)}
             )
             measured = measure_service(service, served, runs, seconds, endpoints)
-        finally:
-            postgres_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
         for name in endpoints:
             for key in ("requests_per_second", "p99_ms", "cpu_us_per_request"):
                 figures[f"postgresql_{label}_{name}_{key}"] = measured[f"{name}_{key}"]
@@ -504,22 +538,9 @@ def bench_serve(runs: int, seconds: int, work: Path, quick: bool) -> dict[str, A
         "server": f"uvicorn, one worker, pinned to core {SERVER_CPU}",
         "runs": runs,
     }
-    env = tool_env() | {
-        "ENVIRONMENT": "production",
-        "SECRET_KEY": "serve-benchmark-secret-key-0123456789abcdefghijkl",
-        # Long enough for every run: the token of the seed stays valid.
-        "ACCESS_TOKEN_EXPIRE_MINUTES": "600",
-        # As the side-by-side script serves both services: no access log (its
-        # cost is measured apart, on /health).
-        "ACCESS_LOG": "false",
-        # As a production API without a browser front end: the rendered .env
-        # allows a local development origin, whose cost is measured apart too.
-        "CORS_ORIGINS": "[]",
-    }
+    env = tool_env() | SERVED
     postgres = installed(render_answers(work / "postgres", {"db_engine": "postgresql"}))
-    database = f"bench_{os.getpid()}"
-    postgres_sql(f"CREATE DATABASE {database}")
-    try:
+    with postgres_database("serve") as database:
         on_postgres = env | {"DATABASE_URL": POSTGRES.format(database=database)}
         for key, value in measure_service(postgres, on_postgres, runs, seconds).items():
             figures[f"postgresql_{key}"] = value
@@ -532,8 +553,6 @@ def bench_serve(runs: int, seconds: int, work: Path, quick: bool) -> dict[str, A
             runs,
             seconds,
         )
-    finally:
-        postgres_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
     # A quick run measures one set (the benchmark's code is the same for each).
     labels = ("telemetry",) if quick else tuple(TELEMETRY)
     figures |= telemetry_cost(runs, seconds, work, env, figures, labels)
@@ -570,20 +589,12 @@ def bench_serve(runs: int, seconds: int, work: Path, quick: bool) -> dict[str, A
     return figures
 
 
-def resident_mib(pid: int) -> float:
-    """The memory the process holds now (VmRSS), in MiB."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    found = re.search(r"VmRSS:\s*(\d+)", status)
-    assert found, status
-    return round(int(found[1]) / 1024, 1)
-
-
 def seed_items(database: str, rows: int) -> None:
     """``rows`` items of the seeded user, inserted by the server in one statement."""
     postgres_sql(
-        f"INSERT INTO items (name, description, owner_id, created_at, updated_at) "
-        f"SELECT 'Item ' || n, 'Description of item ' || n, "
-        f"(SELECT min(id) FROM users), now(), now() "
+        "INSERT INTO items (name, description, owner_id, created_at, updated_at) "
+        "SELECT 'Item ' || n, 'Description of item ' || n, "
+        "(SELECT min(id) FROM users), now(), now() "
         f"FROM generate_series(1, {rows}) AS n",
         database,
     )
@@ -604,30 +615,21 @@ def bench_export(rows: int, work: Path) -> dict[str, Any]:
     """A PostgreSQL render of the defaults serving an export of ``rows`` items, as
     NDJSON and as CSV: what the server holds before (after a warm-up) and at its
     peak, and how fast the rows stream."""
-    env = tool_env() | {
-        "ENVIRONMENT": "production",
-        "SECRET_KEY": "serve-benchmark-secret-key-0123456789abcdefghijkl",
-        "ACCESS_TOKEN_EXPIRE_MINUTES": "600",
-        "ACCESS_LOG": "false",
-        "CORS_ORIGINS": "[]",
-    }
     service = installed(render_answers(work / "export", {"db_engine": "postgresql"}))
     python = str(service / ".venv" / "bin" / "python")
-    database = f"bench_export_{os.getpid()}"
-    postgres_sql(f"CREATE DATABASE {database}")
     figures: dict[str, Any] = {"rows": rows}
-    try:
-        served = env | {"DATABASE_URL": POSTGRES.format(database=database)}
-        check([python, "-m", "alembic", "upgrade", "head"], cwd=service, env=served)
-        with serving(python, "app.main:app", service, served) as (base, _, _):
-            token, _ = seed(base)
+    with postgres_database("export") as database:
+        served = (
+            tool_env() | SERVED | {"DATABASE_URL": POSTGRES.format(database=database)}
+        )
+        token, _ = migrated_and_seeded(service, served)
         seed_items(database, rows)
         with serving(python, "app.main:app", service, served) as (base, process, _):
             # Warm: the routes, the pool and the models have served (not the
             # export: its first run is part of what is measured).
             for _ in range(3):
                 call_json("GET", f"{base}/api/v1/items?size=50", token=token)
-            idle = resident_mib(process.pid)
+            idle = memory_mib(process.pid, "VmRSS")
             for file_format, header in (("ndjson", 0), ("csv", 1)):
                 url = f"{base}/api/v1/items/export?format={file_format}"
                 started = time.perf_counter()
@@ -639,13 +641,10 @@ def bench_export(rows: int, work: Path) -> dict[str, Any]:
                     lines / seconds
                 )
                 figures[f"postgresql_export_{file_format}_mib"] = round(size / 2**20, 1)
-            figures["postgresql_export_idle_rss_mib"] = idle
-            figures["postgresql_export_peak_rss_mib"] = peak_mib(process.pid)
-    finally:
-        postgres_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-    figures["postgresql_export_rss_growth_mib"] = round(
-        figures["postgresql_export_peak_rss_mib"] - idle, 1
-    )
+            peak = peak_mib(process.pid)
+    figures["postgresql_export_idle_rss_mib"] = idle
+    figures["postgresql_export_peak_rss_mib"] = peak
+    figures["postgresql_export_rss_growth_mib"] = round(peak - idle, 1)
     figures["targets"] = {"postgresql_export_rss_growth_mib": ("<=", 20)}
     return figures
 
