@@ -19,6 +19,7 @@ fresh on every render and only ever written to the git-ignored ``.env``.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -506,6 +507,14 @@ POINTS: dict[str, str] = {
     # The generated tests/conftest.py: fixtures at the top level, and macros for
     # what goes into the shared fixtures (see tests/conftest.py.jinja).
     "conftest": "conftest.py.jinja",
+    # The Kubernetes manifests (k8s/): `resources()` of the base kustomization (the
+    # option's own manifest files), `secrets()` lines of k8s/secrets.env.example,
+    # settings production changes (`prod_settings()`, of overlays/prod), and of every
+    # pod of the service: `env()`, `mounts()` and `volumes()`; the pod annotations of
+    # the API's (`annotations()`) and of the workers' (`worker_annotations()`); in
+    # the README's Kubernetes section, commands before applying a release
+    # (`release()`) and `notes()`.
+    "kubernetes": "kubernetes.yaml.jinja",
 }
 
 # In the order their code appears at every point.
@@ -531,10 +540,15 @@ OPTIONS: tuple[Option, ...] = (
             "ci",
             "readme",
             "conftest",
+            "kubernetes",
         ),
     ),
     # The connections to a server: the pool, and who may create the tests' databases.
-    Option("db/connections", "on_server", ("settings", "env_example", "readme")),
+    Option(
+        "db/connections",
+        "on_server",
+        ("settings", "env_example", "readme", "kubernetes"),
+    ),
     # Each engine's own service, in compose and in the generated CI; MySQL's root,
     # as the tests use it (the README).
     Option("db/postgresql", "on_postgresql", ("compose", "ci")),
@@ -557,6 +571,7 @@ OPTIONS: tuple[Option, ...] = (
             "ci",
             "readme",
             "conftest",
+            "kubernetes",
         ),
     ),
     Option("celery", "is_celery", ("settings", "env_example", "readme", "conftest")),
@@ -566,11 +581,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("taskiq", "is_taskiq", ("lifespan", "readme", "conftest")),
     # Tasks in the suite use the test's database sessions.
     Option("taskiq/db", "taskiq_on_db", ("conftest",)),
-    Option("auth", "has_jwt", ("settings", "env_example", "env", "readme", "conftest")),
+    Option(
+        "auth",
+        "has_jwt",
+        ("settings", "env_example", "env", "readme", "conftest", "kubernetes"),
+    ),
     # API keys: what both kinds say in the README, and what keys kept in settings
     # (without a database) add to the settings.
     Option("keys", "has_api_key", ("readme", "conftest")),
-    Option("keys", "api_keys_in_settings", ("settings", "env_example", "env")),
+    Option(
+        "keys",
+        "api_keys_in_settings",
+        ("settings", "env_example", "env", "kubernetes"),
+    ),
     Option("keys/db", "api_keys_in_db", ("readme",)),
     Option("keys/listed", "api_keys_in_settings", ("readme",)),
     # Prometheus metrics: every request (the middleware is inside the body limit,
@@ -578,7 +601,15 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "metrics",
         "has_metrics",
-        ("settings", "lifespan", "middleware", "env_example", "compose", "readme"),
+        (
+            "settings",
+            "lifespan",
+            "middleware",
+            "env_example",
+            "compose",
+            "readme",
+            "kubernetes",
+        ),
     ),
     Option("metrics/db", "metrics_on_db", ("lifespan", "readme")),
     # Jobs counted where they are queued and where they run; a worker serves its
@@ -587,7 +618,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "metrics/worker",
         "metrics_on_queue",
-        ("settings", "worker", "env_example", "readme"),
+        ("settings", "worker", "env_example", "readme", "kubernetes"),
     ),
     # OpenTelemetry: a span per request (its middleware inside the metrics'), SQL
     # statements and outgoing httpx calls, exported over OTLP.
@@ -615,8 +646,10 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "sentry",
         "has_sentry",
-        ("settings", "lifespan", "errors", "env_example", "readme"),
+        ("settings", "lifespan", "errors", "env_example", "readme", "kubernetes"),
     ),
+    # Kubernetes manifests: what the README says of them (the manifests are k8s/).
+    Option("kubernetes", "has_kubernetes", ("readme",)),
 )
 
 
@@ -715,6 +748,54 @@ def database_url(engine: str, name: str, host: str, password: str = "") -> str:
     return "sqlite+aiosqlite:///./app.db"
 
 
+# What only compose's servers and .env's URLs use (python-dotenv expands
+# ${DB_PASSWORD} in .env): in a cluster the URLs, which are secrets, carry the
+# passwords whole.
+COMPOSE_ONLY_SETTINGS = frozenset(
+    {"DB_PASSWORD", "DB_ROOT_PASSWORD", "BROKER_PASSWORD"}
+)
+# A setting's line in an env file, commented out (`# SENTRY_DSN=...`) or not.
+SETTING_LINE = re.compile(r"^(?:# ?)?([A-Z][A-Z0-9_]*)=")
+
+
+def setting_names(text: str) -> list[str]:
+    """The settings an env file names, commented out or not, in order."""
+    return [m.group(1) for line in text.splitlines() if (m := SETTING_LINE.match(line))]
+
+
+def cluster_settings(example: str, secrets: str, header: str) -> str:
+    """The settings of ``.env.example`` that are not secrets, for a ConfigMap.
+
+    ``secrets`` is the text of the Secret's example file, whose settings are left
+    out, as are those only compose uses; ``header`` replaces .env.example's first
+    paragraph. A setting keeps the comment above it, unless that comment opened a
+    run of settings whose first one is left out (it would describe that one). Values
+    stay as documented, except ENVIRONMENT, which is production in a cluster.
+    """
+    excluded = COMPOSE_ONLY_SETTINGS | set(setting_names(secrets))
+    lines = example.splitlines()
+    body = lines[lines.index("") + 1 :] if "" in lines else lines
+    out: list[str] = [*header.splitlines(), ""]
+    comments: list[str] = []
+    for line in [*body, ""]:
+        match = SETTING_LINE.match(line)
+        if match:
+            name = match.group(1)
+            if comments and name not in excluded:
+                out.extend(comments)
+            comments = []
+            if name not in excluded:
+                out.append("ENVIRONMENT=production" if name == "ENVIRONMENT" else line)
+        elif line.startswith("#"):
+            comments.append(line)
+        else:
+            out.extend(comments)
+            comments = []
+            if out[-1] != "":
+                out.append("")
+    return "\n".join(out).strip() + "\n"
+
+
 @dataclass(frozen=True)
 class Answers:
     """The answers the derived context depends on. Copier also runs the hook while
@@ -731,6 +812,7 @@ class Answers:
     metrics: bool = False
     tracing: bool = False
     sentry: bool = False
+    kubernetes: bool = False
 
     @classmethod
     def read(cls, context: Mapping[str, Any]) -> Answers:
@@ -814,6 +896,12 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "tracing_on_celery": answers.tracing and background == "celery",
         "tracing_on_taskiq": answers.tracing and background == "taskiq",
         "has_sentry": answers.sentry,
+        "has_kubernetes": answers.kubernetes,
+        # The Kubernetes pods cannot start without their Secret: it holds a setting
+        # with no working default (the others in it, a token or a DSN, are optional).
+        "secrets_required": has_db
+        or background in {"celery", "taskiq"}
+        or auth != "none",
     }
     mod = module_map(layout)
     job_storage = db_library if has_db else "redis" if flags["has_queue"] else "memory"
@@ -891,6 +979,14 @@ def _derive(answers: Answers) -> dict[str, Any]:
             "redis://127.0.0.1:6379/0"
             if broker == "redis"
             else "amqp://app@127.0.0.1:5672//"
+        ),
+        # The secret URLs of the Kubernetes manifests' example (k8s/secrets.env.example):
+        # the database and the broker by compose's service names.
+        "cluster_database_url": database_url(engine, db_name, "db", "change-me"),
+        "cluster_broker_url": (
+            "redis://:change-me@broker:6379/0"
+            if broker == "redis"
+            else "amqp://app:change-me@broker:5672//"
         ),
         "env_broker_url": (
             "redis://:${BROKER_PASSWORD}@127.0.0.1:6379/0"
@@ -982,6 +1078,7 @@ class ContextUpdater(ContextHook):
             route_arguments=route_arguments,
             router_arguments=router_arguments,
             route_imports=route_imports,
+            cluster_settings=cluster_settings,
         )
 
     def hook(self, context: dict[str, Any]) -> None:

@@ -28,6 +28,15 @@ JWT_WITHOUT_DB = (
     "auth=jwt keeps users in the database, but db_library=none has none: "
     "choose db_library=sqlalchemy or sqlmodel, or auth=none."
 )
+KUBERNETES_ON_SQLITE = (
+    "kubernetes=true runs the API in several pods, which cannot share one SQLite "
+    "file: choose db_engine=postgresql or mysql, or kubernetes=false."
+)
+KUBERNETES_JOBS_IN_MEMORY = (
+    "kubernetes=true runs the API in several pods, and background_tasks=fastapi "
+    "without a database keeps each job's status in the memory of the pod that ran "
+    "it: choose a db_library, background_tasks=celery or taskiq, or kubernetes=false."
+)
 
 
 def test_defaults_render_the_documented_answers(copie: Any) -> None:
@@ -60,13 +69,24 @@ BAD_TEXT_ANSWERS = [
     ({"project_slug": "9lives"}, '"9lives" is not a kebab-case name'),
     ({"author_email": "nobody"}, '"nobody" is not an email address'),
 ]
-REFUSALS = refused_combinations() + BAD_TEXT_ANSWERS
+# Feature answers that the architecture they are asked with cannot run.
+REFUSED_FEATURES = [
+    ({"kubernetes": True}, KUBERNETES_ON_SQLITE),
+    (
+        {"kubernetes": True, "db_library": "none", "auth": "none"},
+        KUBERNETES_JOBS_IN_MEMORY,
+    ),
+]
+REFUSALS = refused_combinations() + REFUSED_FEATURES + BAD_TEXT_ANSWERS
 
 
 @pytest.mark.parametrize(
     ("answers", "message"),
     REFUSALS,
-    ids=[variant_id(a) if "auth" in a else next(iter(a)) for a, _ in REFUSALS],
+    ids=[
+        variant_id(a) if "project_size" in a else "-".join(map(str, a.values()))
+        for a, _ in REFUSALS
+    ],
 )
 def test_each_refused_answer_fails_with_its_sentence(
     copie: Any, answers: dict[str, str], message: str

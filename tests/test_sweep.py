@@ -12,11 +12,13 @@ import sys
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from copier import run_copy
 
+from tests import kustomize
 from tests.conftest import load_extension, render, rendering_fast, run, template_copy
 from tests.matrix import Answers, copier_data, sweep_set, variant_id
 
@@ -33,7 +35,17 @@ BATCHES = [SWEEP[start::BATCH_COUNT] for start in range(BATCH_COUNT)]
 JINJA_MARKERS = re.compile(r"\{%|%\}|\{\{|\}\}|\{#")
 # Except in a GitHub Actions expression: `${{ github.token }}`.
 ACTIONS_EXPRESSION = re.compile(r"\$\{\{ [^{}]+ \}\}")
-TEXT_SUFFIXES = {".py", ".toml", ".yml", ".yaml", ".md", ".ini", ".mako", ".example"}
+TEXT_SUFFIXES = {
+    ".py",
+    ".toml",
+    ".yml",
+    ".yaml",
+    ".md",
+    ".ini",
+    ".mako",
+    ".example",
+    ".env",
+}
 
 
 TOOLS = Path(sys.executable).parent
@@ -200,6 +212,7 @@ def test_renders_are_clean_lint_free_and_have_only_what_was_chosen(
     ruff("check", "--no-cache", ".", cwd=tmp_path)
     ruff("format", "--check", "--no-cache", ".", cwd=tmp_path)
     validate_deployment_files(projects)
+    validate_kubernetes(projects)
 
 
 def check_render(answers: Answers, project: Path) -> None:
@@ -468,6 +481,201 @@ def check_render(answers: Answers, project: Path) -> None:
         "mysql": "aiomysql",
     }.items():
         assert (f"DATABASE_URL={name}+{driver}" in database_url) == (engine == name)
+
+    check_kubernetes(answers, project, compose)
+
+
+# The Kubernetes versions the built overlays are validated against: the oldest and
+# the newest kubernetes-validate knows.
+KUBERNETES_VERSIONS = ("1.33.0", "1.37.0")
+QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi)?")
+
+
+def built_overlays(project: Path) -> Path:
+    """Where check_kubernetes writes the objects each overlay builds to."""
+    return project.parent / f"{project.name}.k8s"
+
+
+def check_kubernetes(
+    answers: Answers, project: Path, compose: Mapping[str, Any]
+) -> None:
+    """The Kubernetes manifests: exactly the objects the answers need, each pod
+    locked down and configured from the ConfigMap and the Secret, and every overlay
+    built (strictly: tests/kustomize.py) into objects the validators then check."""
+    k8s = project / "k8s"
+    readme = (project / "README.md").read_text()
+    ignored = (project / ".gitignore").read_text().splitlines()
+    chosen = bool(answers.get("kubernetes", False))
+    assert k8s.exists() == chosen
+    assert ("### Kubernetes" in readme) == chosen
+    assert ("k8s/secrets.env" in ignored) == chosen
+    if not chosen:
+        return
+    has_db = answers["db_library"] != "none"
+    has_queue = answers["background_tasks"] in {"celery", "taskiq"}
+    auth = answers["auth"]
+    metrics = bool(answers.get("metrics", False))
+    slug = answers.get("project_slug", "my-service")
+    assert {path.relative_to(k8s).as_posix() for path in k8s.rglob("*.*")} == {
+        "secrets.env.example",
+        "base/kustomization.yaml",
+        "base/settings.env",
+        "base/api.yaml",
+        "overlays/dev/kustomization.yaml",
+        "overlays/prod/kustomization.yaml",
+        *(["base/migrate.yaml"] if has_db else []),
+        *(["base/worker.yaml"] if has_queue else []),
+    }
+
+    # Every setting .env.example documents is in the ConfigMap or the Secret, but
+    # for compose's passwords, which the Secret's URLs carry whole.
+    example = context.setting_names((project / ".env.example").read_text())
+    settings = kustomize.read_env_file(k8s / "base" / "settings.env")
+    secrets = context.setting_names((k8s / "secrets.env.example").read_text())
+    documented = context.setting_names((k8s / "base" / "settings.env").read_text())
+    assert not set(documented) & set(secrets)
+    assert {*documented, *secrets} == set(example) - context.COMPOSE_ONLY_SETTINGS
+    assert settings["ENVIRONMENT"] == "production"
+    required = {
+        "DATABASE_URL": has_db,
+        "BROKER_URL": has_queue,
+        "SECRET_KEY": auth == "jwt",
+        "API_KEYS": auth == "api_key" and not has_db,
+    }
+    given = re.findall(r"^([A-Z_]+)=", (k8s / "secrets.env.example").read_text(), re.M)
+    assert set(given) == {name for name, wanted in required.items() if wanted}
+
+    dockerfile = (project / "Dockerfile").read_text()
+    user = int(re.search(r"^USER ([0-9]+)", dockerfile, re.MULTILINE).group(1))
+    port = int(re.search(r"^EXPOSE ([0-9]+)", dockerfile, re.MULTILINE).group(1))
+    images = {"dev": f"{slug}:dev", "prod": f"registry.example.com/{slug}:0.1.0"}
+    replicas = {"dev": (1, 1), "prod": (3, 8)}
+    out = built_overlays(project)
+    out.mkdir()
+    for overlay in ("dev", "prod"):
+        objects = kustomize.build(k8s / "overlays" / overlay)
+        (out / f"{overlay}.yaml").write_text(yaml.safe_dump_all(objects))
+        by_key = {(obj["kind"], obj["metadata"]["name"]): obj for obj in objects}
+        config_map = next(obj for obj in objects if obj["kind"] == "ConfigMap")
+        assert config_map["metadata"]["name"].startswith(f"{slug}-settings-")
+        workloads = {
+            ("Deployment", f"{slug}-api"): None,
+            **(
+                {("Job", f"{slug}-migrate"): ["alembic", "upgrade", "head"]}
+                if has_db
+                else {}
+            ),
+            **(
+                {
+                    ("Deployment", f"{slug}-worker"): compose["services"]["worker"][
+                        "command"
+                    ]
+                }
+                if has_queue
+                else {}
+            ),
+        }
+        assert set(by_key) == {
+            *workloads,
+            ("Service", slug),
+            ("HorizontalPodAutoscaler", f"{slug}-api"),
+            ("PodDisruptionBudget", f"{slug}-api"),
+            ("ConfigMap", config_map["metadata"]["name"]),
+        }
+        assert {obj["metadata"]["namespace"] for obj in objects} == {
+            slug if overlay == "prod" else f"{slug}-dev"
+        }
+        for key, command in workloads.items():
+            pod = by_key[key]["spec"]["template"]["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True, key
+            assert pod["securityContext"]["runAsUser"] == user, key
+            assert pod["automountServiceAccountToken"] is False, key
+            (container,) = pod["containers"]
+            assert container.get("command") == command, key
+            assert container["image"] == images[overlay], key
+            assert container["securityContext"] == {
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
+            }, key
+            assert container["envFrom"][0] == {
+                "configMapRef": {"name": config_map["metadata"]["name"]}
+            }
+            secret = container["envFrom"][1]["secretRef"]
+            assert secret["name"] == f"{slug}-secrets"
+            assert secret.get("optional", False) != any(required.values())
+            mounts = {m["mountPath"] for m in container["volumeMounts"]}
+            assert mounts == {"/tmp", *(["/tmp/prometheus"] if metrics else [])}, key
+            multiprocess = {e["name"]: e["value"] for e in container.get("env", [])}
+            assert multiprocess == (
+                {"PROMETHEUS_MULTIPROC_DIR": "/tmp/prometheus"} if metrics else {}
+            )
+            for kind in ("requests", "limits"):
+                for amount in container["resources"][kind].values():
+                    assert QUANTITY.fullmatch(str(amount)), (key, amount)
+            annotations = by_key[key]["spec"]["template"]["metadata"].get(
+                "annotations", {}
+            )
+            scraped = metrics and key[1] != f"{slug}-migrate"
+            assert bool(annotations) == scraped, key
+            if scraped:
+                assert annotations["prometheus.io/port"] == (
+                    str(port) if key[1] == f"{slug}-api" else "9464"
+                )
+        api = by_key[("Deployment", f"{slug}-api")]
+        labels = api["spec"]["template"]["metadata"]["labels"]
+        assert api["spec"]["selector"]["matchLabels"] == labels
+        assert "replicas" not in api["spec"]  # the autoscaler's
+        (container,) = api["spec"]["template"]["spec"]["containers"]
+        assert container["ports"] == [{"name": "http", "containerPort": port}]
+        for probe, path in (
+            ("startupProbe", "/health"),
+            ("livenessProbe", "/health"),
+            ("readinessProbe", "/ready"),
+        ):
+            assert container[probe]["httpGet"] == {"path": path, "port": "http"}
+        assert container["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+        service = by_key[("Service", slug)]
+        assert service["spec"]["selector"] == labels
+        assert service["spec"]["ports"][0]["targetPort"] == "http"
+        budget = by_key[("PodDisruptionBudget", f"{slug}-api")]
+        assert budget["spec"]["selector"]["matchLabels"] == labels
+        scaler = by_key[("HorizontalPodAutoscaler", f"{slug}-api")]["spec"]
+        assert scaler["scaleTargetRef"]["name"] == api["metadata"]["name"]
+        assert (scaler["minReplicas"], scaler["maxReplicas"]) == replicas[overlay]
+        # Production's pods together stay within the database's 100 connections.
+        if has_db and overlay == "prod":
+            pool = int(config_map["data"]["DATABASE_POOL_SIZE"])
+            overflow = int(config_map["data"]["DATABASE_MAX_OVERFLOW"])
+            assert scaler["maxReplicas"] * (pool + overflow) < 100
+
+
+def validate_kubernetes(projects: list[Path]) -> None:
+    """The objects of every overlay check_kubernetes built, strictly against the
+    Kubernetes API's schemas (unknown fields too), one call per version."""
+    built = sorted(
+        path
+        for project in projects
+        if built_overlays(project).exists()
+        for path in built_overlays(project).glob("*.yaml")
+    )
+    unseen: dict[str, Path] = {}
+    for path in built:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if ("kubernetes-validate", digest) not in _validated:
+            unseen.setdefault(digest, path)
+    if unseen:
+        for version in KUBERNETES_VERSIONS:
+            run(
+                TOOLS / "kubernetes-validate",
+                "--strict",
+                "--quiet",
+                "--kubernetes-version",
+                version,
+                *unseen.values(),
+                cwd=projects[0].parent,
+            )
+        _validated.update(("kubernetes-validate", digest) for digest in unseen)
 
 
 @pytest.mark.parametrize("layout", ["small", "medium", "large"])

@@ -349,6 +349,36 @@ def test_turning_telemetry_on_from_the_last_release_then_off(
     project_checks_pass(project)
 
 
+def test_kubernetes_manifests_come_and_go_with_copier_update(
+    template: Snapshot, tmp_path: Path
+) -> None:
+    """kubernetes came after the last release: an update adds k8s/ and the line that
+    keeps its Secret's values out of git, beside the user's own lines in .gitignore,
+    and a second update takes them away again."""
+    release = RELEASES[-1]["version"]
+    data = {"db_engine": "postgresql"}
+    project = generate(template, tmp_path / "service", data, f"v{release}")
+    gitignore = project / ".gitignore"
+    gitignore.write_text(f"{gitignore.read_text()}\n# Ours\nnotes/\n")
+    commit_all(project, "Our own ignores")
+
+    update(project, template, kubernetes="true")
+    commit_all(project, "Kubernetes on")
+
+    assert_no_conflicts(project)
+    assert answers_of(project)["kubernetes"] is True
+    assert (project / "k8s" / "base" / "migrate.yaml").exists()
+    assert {"k8s/secrets.env", "notes/"} <= set(gitignore.read_text().splitlines())
+
+    update(project, template, kubernetes="false")
+
+    assert_no_conflicts(project)
+    assert not (project / "k8s").exists()
+    ignored = gitignore.read_text().splitlines()
+    assert "notes/" in ignored
+    assert "k8s/secrets.env" not in ignored
+
+
 @pytest.mark.variant
 def test_switching_api_keys_on_migrates_a_database_in_use(
     template: Snapshot, tmp_path: Path
