@@ -42,6 +42,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "tracing": "app.tracing",
         "tracing_db": "app.tracing",
         "sentry": "app.sentry",
+        "lambda_handler": "app.lambda_handler",
         "config": "app.config",
         "settings_dep": "app.config",
         "logging": "app.logging",
@@ -67,6 +68,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "tracing": "app.core.tracing",
         "tracing_db": "app.core.tracing",
         "sentry": "app.core.sentry",
+        "lambda_handler": "app.lambda_handler",
         "config": "app.core.config",
         "settings_dep": "app.core.config",
         "logging": "app.core.logging",
@@ -92,6 +94,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "tracing": "app.core.tracing",
         "tracing_db": "app.core.tracing",
         "sentry": "app.core.sentry",
+        "lambda_handler": "app.lambda_handler",
         "config": "app.core.config",
         "settings_dep": "app.api.deps",
         "logging": "app.core.logging",
@@ -229,6 +232,7 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
     ("tracing", "has_tracing"),
     ("tracing_db", "tracing_on_db"),
     ("sentry", "has_sentry"),
+    ("lambda_handler", "has_lambda"),
 )
 
 
@@ -650,6 +654,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     # Kubernetes manifests: what the README says of them (the manifests are k8s/).
     Option("kubernetes", "has_kubernetes", ("readme",)),
+    # AWS Lambda: the pool an execution environment needs (app.lambda_handler is the
+    # entry point), and how to deploy it.
+    Option("lambda", "has_lambda", ("settings", "readme")),
 )
 
 
@@ -708,6 +715,7 @@ RUNTIME_DEPENDENCIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tracing_on_celery", ("opentelemetry-instrumentation-celery>=0.66b2",)),
     ("tracing_on_taskiq", ("taskiq[opentelemetry]>=0.13.0",)),
     ("has_sentry", ("sentry-sdk>=2.75.0",)),
+    ("has_lambda", ("mangum>=0.22.0",)),
 )
 DEV_DEPENDENCIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
@@ -813,6 +821,7 @@ class Answers:
     tracing: bool = False
     sentry: bool = False
     kubernetes: bool = False
+    aws_lambda: bool = False
 
     @classmethod
     def read(cls, context: Mapping[str, Any]) -> Answers:
@@ -897,6 +906,7 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "tracing_on_taskiq": answers.tracing and background == "taskiq",
         "has_sentry": answers.sentry,
         "has_kubernetes": answers.kubernetes,
+        "has_lambda": answers.aws_lambda,
         # The Kubernetes pods cannot start without their Secret: it holds a setting
         # with no working default (the others in it, a token or a DSN, are optional).
         "secrets_required": has_db

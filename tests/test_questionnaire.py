@@ -38,6 +38,17 @@ KUBERNETES_JOBS_IN_MEMORY = (
     "it: choose a db_library, background_tasks=celery or taskiq, or kubernetes=false."
 )
 
+LAMBDA_WITHOUT_SERVER = (
+    "aws_lambda=true serves from short-lived execution environments that share "
+    "nothing, so the data needs a database server: choose db_engine=postgresql or "
+    "mysql, or aws_lambda=false."
+)
+LAMBDA_WITH_BACKGROUND_TASKS = (
+    "aws_lambda=true answers an event only once the app is done with it, so a "
+    "BackgroundTasks job would hold up its request: choose background_tasks=celery, "
+    "taskiq or none, or aws_lambda=false."
+)
+
 
 def test_defaults_render_the_documented_answers(copie: Any) -> None:
     result = copie.copy()
@@ -76,6 +87,12 @@ REFUSED_FEATURES = [
         {"kubernetes": True, "db_library": "none", "auth": "none"},
         KUBERNETES_JOBS_IN_MEMORY,
     ),
+    ({"aws_lambda": True}, LAMBDA_WITHOUT_SERVER),
+    (
+        {"aws_lambda": True, "db_library": "none", "auth": "none"},
+        LAMBDA_WITHOUT_SERVER,
+    ),
+    ({"aws_lambda": True, "db_engine": "postgresql"}, LAMBDA_WITH_BACKGROUND_TASKS),
 ]
 REFUSALS = refused_combinations() + REFUSED_FEATURES + BAD_TEXT_ANSWERS
 
@@ -84,7 +101,9 @@ REFUSALS = refused_combinations() + REFUSED_FEATURES + BAD_TEXT_ANSWERS
     ("answers", "message"),
     REFUSALS,
     ids=[
-        variant_id(a) if "project_size" in a else "-".join(map(str, a.values()))
+        variant_id(a)
+        if "project_size" in a
+        else ",".join(f"{k}={v}" for k, v in a.items())
         for a, _ in REFUSALS
     ],
 )

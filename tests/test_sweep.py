@@ -324,6 +324,11 @@ def check_render(answers: Answers, project: Path) -> None:
     assert ("sentry_sdk" in code) == sentry
     assert ("SENTRY_DSN" in (project / ".env.example").read_text()) == sentry
     assert (project / "tests" / "test_sentry.py").exists() == sentry
+    aws_lambda = bool(answers.get("aws_lambda", False))
+    assert (project / "app" / "lambda_handler.py").exists() == aws_lambda
+    assert (project / "tests" / "test_lambda.py").exists() == aws_lambda
+    assert ("AWS_LAMBDA_FUNCTION_NAME" in code) == aws_lambda
+    assert ("### AWS Lambda" in (project / "README.md").read_text()) == aws_lambda
     compose = yaml.safe_load((project / "compose.yaml").read_text())
     assert ("migrate" in compose["services"]) == has_db
     assert ("db" in compose["services"]) == (engine in {"postgresql", "mysql"})
