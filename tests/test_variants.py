@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,17 +47,35 @@ def contract_setup(answers: dict[str, str]) -> tuple[str, str, bool]:
     return answers["auth"], engine, answers["background_tasks"] == "taskiq"
 
 
-# The in-process contract test runs in the first variant of each fixture setup; the
-# served fuzzing below runs in every variant, deeper (on the real servers, with
-# sequences of calls).
-def contract_variants() -> set[str]:
-    first: dict[tuple[str, str, bool], str] = {}
+def parallel_setup(answers: dict[str, str]) -> tuple[str, str] | None:
+    """What the generated suite run by pytest-xdist could break, where it can: the
+    scratch databases and queues each xdist worker makes, on a database server and
+    on a broker (None without either)."""
+    engine = answers["db_engine"] if answers["db_library"] != "none" else "none"
+    queue = answers["background_tasks"] in {"celery", "taskiq"}
+    broker = answers["broker"] if queue else "none"
+    if engine not in {"postgresql", "mysql"} and not queue:
+        return None
+    return engine, broker
+
+
+def first_of_each(setup: Callable[[dict[str, str]], Hashable | None]) -> set[str]:
+    """The first variant of each value of ``setup`` (but None), by id."""
+    first: dict[Hashable, str] = {}
     for answers in covering_set():
-        first.setdefault(contract_setup(answers), variant_id(answers))
+        key = setup(answers)
+        if key is not None:
+            first.setdefault(key, variant_id(answers))
     return set(first.values())
 
 
-CONTRACT_VARIANTS = contract_variants()
+# The in-process contract test runs in the first variant of each fixture setup; the
+# served fuzzing below runs in every variant, deeper (on the real servers, with
+# sequences of calls).
+CONTRACT_VARIANTS = first_of_each(contract_setup)
+# The suite runs under pytest-xdist in the first variant of each server and broker
+# pair (each xdist worker costs every variant seconds to start).
+PARALLEL_VARIANTS = first_of_each(parallel_setup)
 
 
 @pytest.fixture(scope="session")
@@ -80,8 +98,6 @@ def test_variant_installs_and_passes_its_own_checks(
     env = variant_env(answers) | {"MYPY_CACHE_DIR": str(mypy_cache)}
     engine = answers["db_engine"] if answers["db_library"] != "none" else "none"
     on_server = "DATABASE_URL" in env
-    # A variant with workers runs them on the real broker in its integration tests.
-    broker = "BROKER_URL" in env
 
     def uv_run(*command: str) -> str:
         return run(uv(), "run", "--no-sync", *command, cwd=project, env=env)
@@ -99,7 +115,7 @@ def test_variant_installs_and_passes_its_own_checks(
     )
 
     # On a server, the suite must also hold up run in parallel by pytest-xdist.
-    parallel = ["-n", "2"] if on_server or broker else []
+    parallel = ["-n", "2"] if variant_id(answers) in PARALLEL_VARIANTS else []
     tests = uv_run("pytest", "-q", "-p", "no:cacheprovider", *parallel)
     summary = tests.strip().splitlines()[-1]
     assert " passed" in summary
