@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests import kustomize
 from tests.conftest import (
     SERVER_URLS,
     databases,
@@ -172,9 +173,32 @@ FUZZ = [
 PASSWORD = "a long fuzzing passphrase"
 
 
+def pod_environment(project: Path) -> dict[str, str]:
+    """What the API's container in the production Kubernetes overlay gets, but the
+    Secret: the ConfigMap's settings and the container's own variables (its
+    scratch directories made here)."""
+    objects = kustomize.build(project / "k8s" / "overlays" / "prod")
+    (settings,) = [obj["data"] for obj in objects if obj["kind"] == "ConfigMap"]
+    (api,) = [
+        obj
+        for obj in objects
+        if obj["kind"] == "Deployment" and obj["metadata"]["name"].endswith("-api")
+    ]
+    (container,) = api["spec"]["template"]["spec"]["containers"]
+    variables = {item["name"]: item["value"] for item in container.get("env", [])}
+    for name, value in variables.items():
+        if value.startswith("/tmp/"):
+            variables[name] = str(project / "pod" / value.removeprefix("/tmp/"))
+            Path(variables[name]).mkdir(parents=True)
+    return settings | variables
+
+
 def fuzz_served(project: Path, answers: dict[str, str], env: dict[str, str]) -> None:
     """Serve the variant with uvicorn, signed in as its auth requires (an admin where
-    admin routes exist), and run schemathesis against its OpenAPI schema."""
+    admin routes exist), and run schemathesis against its OpenAPI schema. With
+    Kubernetes manifests, it is served with the settings they give its pods."""
+    if answers.get("kubernetes"):
+        env = env | pod_environment(project)
     env = env | {"ENVIRONMENT": "production", "LOG_LEVEL": "WARNING"}
     env["SECRET_KEY"] = secrets.token_urlsafe(32)
     if answers["db_library"] != "none":
