@@ -53,6 +53,9 @@ COMPARISONS = {
     "metrics": WITH_DB,
     "tracing": WITH_DB,
     "sentry": WITH_DB,
+    # Both need a database server.
+    "kubernetes": WITH_DB | {"db_engine": "postgresql"},
+    "aws_lambda": WITH_DB | {"db_engine": "postgresql"},
 }
 
 
