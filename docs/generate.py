@@ -30,8 +30,10 @@ from tests.matrix import (  # noqa: E402
     architecture_set,
     copier_data,
     defaults,
+    feature_questions,
     questionnaire,
     questions,
+    refusal,
     refused_combinations,
 )
 
@@ -131,6 +133,23 @@ def questionnaire_page() -> str:
         seen[message] = seen.get(message, 0) + 1
     for message, count in seen.items():
         lines.append(f"- {message} ({count} combinations)")
+    accepted = architecture_set()
+    refused_features: dict[str, int] = {}
+    for question in feature_questions():
+        for value in question.values:
+            if value == question.default:
+                continue
+            for answers in accepted:
+                if message := refusal(answers | {question.name: value}):
+                    refused_features[message] = refused_features.get(message, 0) + 1
+    if refused_features:
+        lines += [
+            "",
+            "And a feature answer where the accepted architecture cannot run it:",
+            "",
+        ]
+        for message, count in refused_features.items():
+            lines.append(f"- {message} ({count} of the {len(accepted)} architectures)")
     return "\n".join(lines) + "\n"
 
 
