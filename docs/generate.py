@@ -55,6 +55,7 @@ COMPARISONS = {
     "metrics": WITH_DB,
     "tracing": WITH_DB,
     "sentry": WITH_DB,
+    "offline_docs": SMALLEST,
     # Both need a database server.
     "kubernetes": WITH_DB | {"db_engine": "postgresql"},
     "aws_lambda": WITH_DB | {"db_engine": "postgresql"},

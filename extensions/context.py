@@ -43,6 +43,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "tracing_db": "app.tracing",
         "sentry": "app.sentry",
         "lambda_handler": "app.lambda_handler",
+        "api_docs": "app.docs",
         "config": "app.config",
         "settings_dep": "app.config",
         "logging": "app.logging",
@@ -69,6 +70,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "tracing_db": "app.core.tracing",
         "sentry": "app.core.sentry",
         "lambda_handler": "app.lambda_handler",
+        "api_docs": "app.core.docs",
         "config": "app.core.config",
         "settings_dep": "app.core.config",
         "logging": "app.core.logging",
@@ -95,6 +97,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "tracing_db": "app.core.tracing",
         "sentry": "app.core.sentry",
         "lambda_handler": "app.lambda_handler",
+        "api_docs": "app.core.docs",
         "config": "app.core.config",
         "settings_dep": "app.api.deps",
         "logging": "app.core.logging",
@@ -233,6 +236,7 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
     ("tracing_db", "tracing_on_db"),
     ("sentry", "has_sentry"),
     ("lambda_handler", "has_lambda"),
+    ("api_docs", "has_offline_docs"),
 )
 
 
@@ -511,6 +515,9 @@ POINTS: dict[str, str] = {
     # The generated tests/conftest.py: fixtures at the top level, and macros for
     # what goes into the shared fixtures (see tests/conftest.py.jinja).
     "conftest": "conftest.py.jinja",
+    # The app itself, in create_app(): `arguments()` of FastAPI(), `setup()` after
+    # the routers are included.
+    "app": "app.py.jinja",
     # The Kubernetes manifests (k8s/): `resources()` of the base kustomization (the
     # option's own manifest files), `secrets()` lines of k8s/secrets.env.example,
     # settings production changes (`prod_settings()`, of overlays/prod), and of every
@@ -657,6 +664,8 @@ OPTIONS: tuple[Option, ...] = (
     # AWS Lambda: the pool an execution environment needs (app.lambda_handler is the
     # entry point), and how to deploy it.
     Option("lambda", "has_lambda", ("settings", "readme")),
+    # The API docs pages served with their own assets, under a strict CSP.
+    Option("api_docs", "has_offline_docs", ("app", "readme")),
 )
 
 
@@ -716,6 +725,7 @@ RUNTIME_DEPENDENCIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tracing_on_taskiq", ("taskiq[opentelemetry]>=0.13.0",)),
     ("has_sentry", ("sentry-sdk>=2.75.0",)),
     ("has_lambda", ("mangum>=0.22.0",)),
+    ("has_offline_docs", ("fastapi-offline>=1.7.7",)),
 )
 DEV_DEPENDENCIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
@@ -822,6 +832,7 @@ class Answers:
     sentry: bool = False
     kubernetes: bool = False
     aws_lambda: bool = False
+    offline_docs: bool = False
 
     @classmethod
     def read(cls, context: Mapping[str, Any]) -> Answers:
@@ -907,6 +918,7 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "has_sentry": answers.sentry,
         "has_kubernetes": answers.kubernetes,
         "has_lambda": answers.aws_lambda,
+        "has_offline_docs": answers.offline_docs,
         # The Kubernetes pods cannot start without their Secret: it holds a setting
         # with no working default (the others in it, a token or a DSN, are optional).
         "secrets_required": has_db

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import time
@@ -163,3 +164,38 @@ def test_api_key_service_over_http(copie: Any) -> None:
     assert without[1]["error"]["code"] == "unauthorized"
     assert revoked[0] == 401
     assert probe[0] == 200
+
+
+def browse(url: str) -> str:
+    """The page's DOM once its scripts have run, in headless Chromium (Debian's
+    package), with every host name but the loopback address unresolvable."""
+    chromium = shutil.which("chromium")
+    assert chromium, "Chromium is not installed: apt-get install chromium"
+    return run(
+        chromium,
+        *("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"),
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        "--virtual-time-budget=15000",
+        "--dump-dom",
+        url,
+        cwd=Path.cwd(),
+    )
+
+
+@pytest.mark.variant
+def test_offline_docs_render_in_a_browser_that_reaches_only_the_service(
+    copie: Any,
+) -> None:
+    result = copie.copy(extra_answers={"offline_docs": True})
+    assert result.exit_code == 0, result.exception
+
+    with serving(result.project_dir) as http:
+        swagger = browse(f"{http.base}/docs")
+        redoc = browse(f"{http.base}/redoc")
+
+    # Rendered from the schema by each page's scripts: neither page's HTML holds
+    # an operation before they run.
+    item = "/api/v1/items/{item_id}"
+    assert 'class="opblock-summary-path"' in swagger
+    assert item in swagger
+    assert item in redoc

@@ -124,6 +124,7 @@ IMPORTED_AS = {
     "aio-pika": "aio_pika",
     "prometheus-client": "prometheus_client",
     "sentry-sdk": "sentry_sdk",
+    "fastapi-offline": "fastapi_offline",
     **{dist: module for module, dist in OPENTELEMETRY.items()},
 }
 IMPORT_NAMES = {name: dist for dist, name in IMPORTED_AS.items()}
@@ -324,6 +325,10 @@ def check_render(answers: Answers, project: Path) -> None:
     assert ("sentry_sdk" in code) == sentry
     assert ("SENTRY_DSN" in (project / ".env.example").read_text()) == sentry
     assert (project / "tests" / "test_sentry.py").exists() == sentry
+    offline_docs = bool(answers.get("offline_docs", False))
+    assert ("fastapi_offline" in code) == offline_docs
+    assert ("docs_url=None" in code) == offline_docs
+    assert (project / "tests" / "test_api_docs.py").exists() == offline_docs
     aws_lambda = bool(answers.get("aws_lambda", False))
     assert (project / "app" / "lambda_handler.py").exists() == aws_lambda
     assert (project / "tests" / "test_lambda.py").exists() == aws_lambda
