@@ -168,8 +168,10 @@ def test_api_key_service_over_http(copie: Any) -> None:
 
 def browse(url: str) -> str:
     """The page's DOM once its scripts have run, in headless Chromium (Debian's
-    package), with every host name but the loopback address unresolvable."""
-    chromium = shutil.which("chromium")
+    package here; a GitHub runner's own Chromium or Chrome), with every host name
+    but the loopback address unresolvable."""
+    names = ("chromium", "chromium-browser", "google-chrome")
+    chromium = next(filter(None, map(shutil.which, names)), None)
     assert chromium, "Chromium is not installed: apt-get install chromium"
     return run(
         chromium,
