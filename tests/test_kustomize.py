@@ -85,25 +85,32 @@ KUSTOMIZATION = {
     "apiVersion": "kustomize.config.k8s.io/v1beta1",
     "kind": "Kustomization",
 }
-DEPLOYMENT = {
-    "apiVersion": "apps/v1",
-    "kind": "Deployment",
-    "metadata": {"name": "api"},
-    "spec": {
-        "template": {
-            "spec": {
-                "containers": [
-                    {
-                        "name": "api",
-                        "image": "svc",
-                        "envFrom": [{"configMapRef": {"name": "settings"}}],
-                        "resources": {"requests": {"cpu": "250m"}},
-                    }
-                ]
-            }
-        }
+
+
+def deployment(name: str, container: dict[str, object]) -> dict[str, object]:
+    """A Deployment of one container (the fields the builder reads)."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"template": {"spec": {"containers": [container]}}},
+    }
+
+
+def patch(name: str, container: dict[str, object]) -> dict[str, str]:
+    """An inline strategic-merge patch of a Deployment's container."""
+    return {"patch": yaml.safe_dump(deployment(name, container))}
+
+
+DEPLOYMENT = deployment(
+    "api",
+    {
+        "name": "api",
+        "image": "svc",
+        "envFrom": [{"configMapRef": {"name": "settings"}}],
+        "resources": {"requests": {"cpu": "250m"}},
     },
-}
+)
 
 
 def project(root: Path, **overlay: object) -> Path:
@@ -137,27 +144,7 @@ def test_an_overlay_builds_with_its_patches_images_and_settings(tmp_path: Path) 
             {"name": "settings", "behavior": "merge", "literals": ["LOG_LEVEL=DEBUG"]}
         ],
         patches=[
-            {
-                "patch": yaml.safe_dump(
-                    {
-                        "apiVersion": "apps/v1",
-                        "kind": "Deployment",
-                        "metadata": {"name": "api"},
-                        "spec": {
-                            "template": {
-                                "spec": {
-                                    "containers": [
-                                        {
-                                            "name": "api",
-                                            "resources": {"limits": {"memory": "1Gi"}},
-                                        }
-                                    ]
-                                }
-                            }
-                        },
-                    }
-                )
-            }
+            patch("api", {"name": "api", "resources": {"limits": {"memory": "1Gi"}}})
         ],
     )
 
@@ -178,26 +165,12 @@ def test_an_overlay_builds_with_its_patches_images_and_settings(tmp_path: Path) 
     assert {obj["metadata"]["namespace"] for obj in (api, settings)} == {"prod"}
 
 
-def patch(kind: str, name: str, container: str = "api") -> dict[str, str]:
-    spec = {"template": {"spec": {"containers": [{"name": container, "image": "x"}]}}}
-    return {
-        "patch": yaml.safe_dump(
-            {
-                "apiVersion": "apps/v1",
-                "kind": kind,
-                "metadata": {"name": name},
-                "spec": spec,
-            }
-        )
-    }
-
-
 @pytest.mark.parametrize(
     ("overlay", "error"),
     [
         ({"replicas": [{"name": "api", "count": 2}]}, "unsupported keys"),
-        ({"patches": [patch("Deployment", "worker")]}, "no Deployment named worker"),
-        ({"patches": [patch("Deployment", "api", "sidecar")]}, "no container sidecar"),
+        ({"patches": [patch("worker", {"name": "api"})]}, "no Deployment named worker"),
+        ({"patches": [patch("api", {"name": "sidecar"})]}, "no container sidecar"),
         ({"images": [{"name": "other", "newTag": "1"}]}, "no container uses the image"),
         (
             {"configMapGenerator": [{"name": "nope", "behavior": "merge"}]},
