@@ -168,8 +168,8 @@ def test_api_key_service_over_http(copie: Any) -> None:
 
 def browse(url: str) -> str:
     """The page's DOM once its scripts have run, in headless Chromium (Debian's
-    package here; a GitHub runner's own Chromium or Chrome), with every host name
-    but the loopback address unresolvable."""
+    package here; a GitHub runner's own Chromium or Chrome), which can reach the
+    loopback address and nothing else."""
     names = ("chromium", "chromium-browser", "google-chrome")
     chromium = next(filter(None, map(shutil.which, names)), None)
     assert chromium, "Chromium is not installed: apt-get install chromium"
@@ -177,6 +177,9 @@ def browse(url: str) -> str:
         chromium,
         *("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"),
         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        # And a request to an address, not a name, goes to a proxy that is not
+        # there (the loopback address bypasses proxies).
+        "--proxy-server=http://127.0.0.1:9",
         "--virtual-time-budget=15000",
         "--dump-dom",
         url,
