@@ -6,6 +6,7 @@
     uv run python bench/run.py suite       # the default service's own test suite
     uv run python bench/run.py serve       # throughput, p99, start-up and memory
     uv run python bench/run.py export      # memory of a 100,000-item streamed export
+    uv run python bench/run.py process     # servers and process counts side by side
     uv run python bench/run.py all         # all of them
 
 `--quick` runs each once on a small scale (CI does, so they cannot rot); the full runs
@@ -33,6 +34,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -234,19 +236,57 @@ def free_port() -> int:
 # One server process on the first core, the load generator on the second, as the
 # side-by-side script measures (../shared/bench/ in this workplace).
 SERVER_CPU, CLIENT_CPU = "0", "1"
+BOTH_CPUS = "0,1"
+
+
+@dataclass(frozen=True)
+class ProcessModel:
+    """How a service is served: the server, its processes, and the cores the server
+    and the load generator may use."""
+
+    server: str
+    workers: int = 1
+    server_cpus: str = SERVER_CPU
+    client_cpus: str = CLIENT_CPU
+
+    def command(self, python: str, app: str, port: int) -> list[str]:
+        workers = ["--workers", str(self.workers)]
+        if self.server == "granian":
+            return [
+                *(python, "-m", "granian", "--interface", "asgi", "--http", "1"),
+                *("--loop", "uvloop", *workers, "--port", str(port)),
+                *("--no-access-log", "--log-level", "warning", app),
+            ]
+        if self.server == "gunicorn":
+            return [
+                *(python, "-m", "gunicorn", app, *workers),
+                *("--worker-class", "uvicorn_worker.UvicornWorker"),
+                *("--bind", f"127.0.0.1:{port}", "--log-level", "warning"),
+            ]
+        return [
+            *(python, "-m", "uvicorn", app, "--port", str(port), *workers),
+            *("--no-access-log", "--log-level", "warning"),
+        ]
+
+
+# What the serve benchmark measures each render with, as the side-by-side script does.
+ONE_UVICORN = ProcessModel("uvicorn")
 
 
 @contextmanager
 def serving(
-    python: str, app: str, cwd: Path, env: Mapping[str, str]
+    python: str,
+    app: str,
+    cwd: Path,
+    env: Mapping[str, str],
+    model: ProcessModel = ONE_UVICORN,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes], float]]:
-    """uvicorn, one worker, pinned to a core; the base URL, the process and the
-    seconds until its first 200 on /health."""
+    """The app served as ``model`` says, in a process group of its own; the base
+    URL, the group's leader and the seconds until its first 200 on /health."""
     port = free_port()
-    command = [python, "-m", "uvicorn", app, "--port", str(port), "--workers", "1"]
-    command += ["--no-access-log", "--log-level", "warning"]
+    command = model.command(python, app, port)
     if shutil.which("taskset"):
-        command = ["taskset", "-c", SERVER_CPU, *command]
+        command = ["taskset", "-c", model.server_cpus, *command]
     started = time.perf_counter()
     process = subprocess.Popen(
         command,
@@ -278,14 +318,16 @@ def serving(
             process.wait()
 
 
-def wrk(url: str, seconds: int, headers: Mapping[str, str]) -> dict[str, float]:
+def wrk(
+    url: str, seconds: int, headers: Mapping[str, str], cpus: str = CLIENT_CPU
+) -> dict[str, float]:
     """Requests per second and p50/p99 latency (ms) from one wrk run on one thread
-    and 32 connections, pinned to the other core."""
+    and 32 connections, pinned to ``cpus`` (the core the server does not use)."""
     command = ["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", url]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     if shutil.which("taskset"):
-        command = ["taskset", "-c", CLIENT_CPU, *command]
+        command = ["taskset", "-c", cpus, *command]
     output = check(command, cwd=ROOT)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if errors:
@@ -308,20 +350,37 @@ def wrk(url: str, seconds: int, headers: Mapping[str, str]) -> dict[str, float]:
     }
 
 
-def cpu_seconds(pid: int) -> float:
-    """The CPU time (user + system) the process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def group_stats(group: int) -> Iterator[tuple[int, list[str]]]:
+    """Each live process of the process group ``group``: its pid and the fields of
+    its /proc stat after the command name (a server's workers are its group)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone since the listing
+            continue
+        if int(fields[2]) == group:
+            yield int(stat.parent.name), fields
+
+
+def cpu_seconds(group: int) -> float:
+    """The CPU time (user + system) the live processes of a process group have used
+    so far: one server process, or a supervisor and its workers."""
+    ticks = sum(int(fields[11]) + int(fields[12]) for _, fields in group_stats(group))
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def loaded(
-    url: str, seconds: int, headers: Mapping[str, str], pid: int
+    url: str,
+    seconds: int,
+    headers: Mapping[str, str],
+    group: int,
+    cpus: str = CLIENT_CPU,
 ) -> dict[str, float]:
     """One wrk run, and the server's CPU time per request in it: steadier than
     requests per second on a machine that other work shares."""
-    before = cpu_seconds(pid)
-    figures = wrk(url, seconds, headers)
-    used = cpu_seconds(pid) - before
+    before = cpu_seconds(group)
+    figures = wrk(url, seconds, headers, cpus)
+    used = cpu_seconds(group) - before
     figures["cpu_us_per_request"] = round(used / figures["requests"] * 1e6, 1)
     return figures
 
@@ -337,6 +396,11 @@ def memory_mib(pid: int, field: str) -> float:
 
 def peak_mib(pid: int) -> float:
     return memory_mib(pid, "VmHWM")
+
+
+def group_peak_mib(group: int) -> float:
+    """The peak memory of each process of the group, added up."""
+    return round(sum(peak_mib(pid) for pid, _ in group_stats(group)), 1)
 
 
 def call_json(
@@ -439,15 +503,38 @@ def measure_service(
     Seeded by one server process and measured by a fresh one, as the side-by-side
     script does: the peak memory is what serving takes.
     """
-    python = str(service / ".venv" / "bin" / "python")
     token, item_id = migrated_and_seeded(service, env)
+    return measure_served(service, env, (token, item_id), runs, seconds, endpoints)
+
+
+def measure_served(
+    service: Path,
+    env: Mapping[str, str],
+    seeded: tuple[str, int],
+    runs: int,
+    seconds: int,
+    endpoints: Mapping[str, str],
+    model: ProcessModel = ONE_UVICORN,
+) -> dict[str, Any]:
+    """Each endpoint of a seeded render, served by a fresh server as ``model`` says:
+    the medians of ``runs`` runs, the start-up time, and the server's peak memory
+    (all its processes')."""
+    python = str(service / ".venv" / "bin" / "python")
+    token, item_id = seeded
     figures: dict[str, Any] = {}
     headers = {"Authorization": f"Bearer {token}"}
-    with serving(python, "app.main:app", service, env) as (base, process, startup):
+    cpus = model.client_cpus
+    with serving(python, "app.main:app", service, env, model) as (
+        base,
+        process,
+        startup,
+    ):
         for name, path in endpoints.items():
             url = base + path.format(item_id=item_id)
-            wrk(url, min(seconds, 3), headers)  # warm-up, discarded
-            samples = [loaded(url, seconds, headers, process.pid) for _ in range(runs)]
+            wrk(url, min(seconds, 3), headers, cpus)  # warm-up, discarded
+            samples = [
+                loaded(url, seconds, headers, process.pid, cpus) for _ in range(runs)
+            ]
             for key in (
                 "requests_per_second",
                 "p50_ms",
@@ -456,7 +543,7 @@ def measure_service(
             ):
                 figures[f"{name}_{key}"] = median([s[key] for s in samples])
         figures["startup_seconds"] = round(startup, 3)
-        figures["peak_rss_mib"] = peak_mib(process.pid)
+        figures["peak_rss_mib"] = group_peak_mib(process.pid)
     return figures
 
 
@@ -589,6 +676,69 @@ def bench_serve(runs: int, seconds: int, work: Path, quick: bool) -> dict[str, A
     return figures
 
 
+# The ways to serve the API that the image's command was chosen among: one process
+# per core the server may use, for each server (the load generator on the other core,
+# or, with two processes, sharing both with them), and one uvicorn process sharing
+# both cores, to compare two processes with one under the same load generator.
+PROCESS_MODELS = {
+    "uvicorn_1": ONE_UVICORN,
+    "granian_1": ProcessModel("granian"),
+    "gunicorn_1": ProcessModel("gunicorn"),
+    "uvicorn_1_shared": ProcessModel("uvicorn", 1, BOTH_CPUS, BOTH_CPUS),
+    "uvicorn_2": ProcessModel("uvicorn", 2, BOTH_CPUS, BOTH_CPUS),
+    "granian_2": ProcessModel("granian", 2, BOTH_CPUS, BOTH_CPUS),
+    "gunicorn_2": ProcessModel("gunicorn", 2, BOTH_CPUS, BOTH_CPUS),
+}
+# The servers besides the image's own (fastapi run: uvicorn), installed into the
+# measured render's environment only.
+OTHER_SERVERS = ["granian", "gunicorn", "uvicorn-worker"]
+
+
+def bench_process(runs: int, seconds: int, work: Path, quick: bool) -> dict[str, Any]:
+    """The PostgreSQL render of the defaults, seeded once, served by each process
+    model in turn: the item read, the 50-item page and /health under load."""
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    service = installed(render_answers(work / "process", {"db_engine": "postgresql"}))
+    python = str(service / ".venv" / "bin" / "python")
+    check([*UV, "pip", "install", "-q", "--python", python, *OTHER_SERVERS], cwd=ROOT)
+    endpoints = {name: ENDPOINTS[name] for name in ("page", "item", "health")}
+    # A quick run measures one model of one process and one of several.
+    labels = ("uvicorn_1", "gunicorn_2") if quick else tuple(PROCESS_MODELS)
+    figures: dict[str, Any] = {
+        "load": f"wrk -t1 -c32 -d{seconds}s",
+        "runs": runs,
+        "models": {
+            label: {
+                "server": PROCESS_MODELS[label].server,
+                "processes": PROCESS_MODELS[label].workers,
+                "server_cores": PROCESS_MODELS[label].server_cpus,
+                "load_cores": PROCESS_MODELS[label].client_cpus,
+            }
+            for label in labels
+        },
+    }
+    with postgres_database("process") as database:
+        env = tool_env() | SERVED | {"DATABASE_URL": POSTGRES.format(database=database)}
+        seeded = migrated_and_seeded(service, env)
+        for label in labels:
+            model = PROCESS_MODELS[label]
+            measured = measure_served(
+                service, env, seeded, runs, seconds, endpoints, model
+            )
+            for key, value in measured.items():
+                figures[f"{label}_{key}"] = value
+    if not quick:
+        # What a second process adds on two cores, under the same load generator.
+        for name in endpoints:
+            figures[f"uvicorn_2_vs_1_{name}_ratio"] = round(
+                figures[f"uvicorn_2_{name}_requests_per_second"]
+                / figures[f"uvicorn_1_shared_{name}_requests_per_second"],
+                3,
+            )
+    return figures
+
+
 def seed_items(database: str, rows: int) -> None:
     """``rows`` items of the seeded user, inserted by the server in one statement."""
     postgres_sql(
@@ -661,12 +811,15 @@ def run_benchmark(name: str, quick: bool, work: Path) -> dict[str, Any]:
         return bench_suite(runs, work, quick)
     if name == "export":
         return bench_export(10_000 if quick else 100_000, work)
+    if name == "process":
+        return bench_process(1 if quick else 3, 1 if quick else 10, work, quick)
     return bench_serve(runs, 1 if quick else 10, work, quick)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    choices = ["render", "sweep", "variants", "suite", "serve", "export", "all"]
+    choices = ["render", "sweep", "variants", "suite", "serve", "export", "process"]
+    choices.append("all")
     parser.add_argument("benchmark", choices=choices)
     parser.add_argument("--quick", action="store_true", help="once, small: for CI")
     parser.add_argument("--output", type=Path, default=RESULTS)

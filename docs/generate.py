@@ -334,6 +334,31 @@ FIGURES = {
     "postgresql_telemetry_full_health_cpu_us_per_request": "PostgreSQL `/health`, metrics and tracing (100 % sampled), server CPU per request (µs)",
     "telemetry_full_health_ratio": "PostgreSQL `/health`, metrics and tracing (100 % sampled) / without",
 }
+# The process benchmark: each way of serving, and what a second process adds.
+PROCESS_MODELS = {
+    "uvicorn_1": "uvicorn, 1 process on 1 core",
+    "granian_1": "Granian, 1 process on 1 core",
+    "gunicorn_1": "gunicorn + uvicorn worker, 1 process on 1 core",
+    "uvicorn_1_shared": "uvicorn, 1 process, load on the same 2 cores",
+    "uvicorn_2": "uvicorn, 2 processes on 2 cores",
+    "granian_2": "Granian, 2 processes on 2 cores",
+    "gunicorn_2": "gunicorn + uvicorn workers, 2 processes on 2 cores",
+}
+PROCESS_ENDPOINTS = {
+    "page": "50-item page",
+    "item": "item by id",
+    "health": "`/health`",
+}
+for _model, _served in PROCESS_MODELS.items():
+    for _endpoint, _name in PROCESS_ENDPOINTS.items():
+        FIGURES[f"{_model}_{_endpoint}_requests_per_second"] = (
+            f"{_served}: {_name}, requests/s"
+        )
+    FIGURES[f"{_model}_peak_rss_mib"] = f"{_served}: peak memory of its processes (MiB)"
+for _endpoint, _name in PROCESS_ENDPOINTS.items():
+    FIGURES[f"uvicorn_2_vs_1_{_endpoint}_ratio"] = (
+        f"{_name}: 2 uvicorn processes / 1, on the same 2 cores"
+    )
 TARGETS = {
     "sweep_seconds": ("sweep_target_seconds", "<"),
     "variants_seconds": ("variants_target_seconds", "<"),

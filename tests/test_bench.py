@@ -34,6 +34,12 @@ EXPECTED = {
         "postgresql_export_idle_rss_mib",
         "postgresql_export_peak_rss_mib",
     },
+    "process": {
+        "uvicorn_1_item_requests_per_second",
+        "uvicorn_1_health_cpu_us_per_request",
+        "gunicorn_2_page_requests_per_second",
+        "gunicorn_2_peak_rss_mib",
+    },
 }
 
 
