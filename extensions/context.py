@@ -570,6 +570,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("jobs", "has_jobs", ("settings", "env_example", "readme", "conftest")),
     # Jobs that run in the API process (BackgroundTasks).
     Option("jobs/tasks", "has_tasks", ("readme",)),
+    # Their status in that process's memory, without a database: one server process.
+    Option("jobs/memory", "jobs_in_memory", ("settings", "readme")),
     Option(
         "queue",
         "has_queue",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import importlib
 import json
+import re
 import secrets
 import signal
 import socket
@@ -188,16 +189,30 @@ def service(
         server_sql(engine, f"DROP DATABASE {name}")
 
 
+def image_command(project: Path, port: int) -> list[str]:
+    """The command the render's image runs (its Dockerfile's CMD), on ``port`` of
+    the loopback."""
+    dockerfile = (project / "Dockerfile").read_text()
+    found = re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE)
+    assert found, "the Dockerfile has no CMD in exec form"
+    command: list[str] = json.loads(found[1])
+    host, listen = command.index("--host") + 1, command.index("--port") + 1
+    command[host], command[listen] = "127.0.0.1", str(port)
+    return command
+
+
 @contextmanager
 def serving(
-    project: Path, env: dict[str, str]
+    project: Path, env: dict[str, str], *, image: bool = False
 ) -> Iterator[tuple[str, list[str], subprocess.Popen[str]]]:
-    """uvicorn on a free loopback port; the base URL, what it logged once it
-    stopped, and the process."""
+    """uvicorn on a free loopback port, or the image's own command (``image``); the
+    base URL, what it logged once it stopped, and the process."""
     port = free_port()
-    command = [uv(), "run", "--no-sync", "uvicorn", "app.main:app"]
+    served = ["uvicorn", "app.main:app", "--port", str(port), "--no-access-log"]
+    if image:
+        served = image_command(project, port)
     server = subprocess.Popen(
-        [*command, "--port", str(port), "--no-access-log"],
+        [uv(), "run", "--no-sync", *served],
         cwd=project,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -493,3 +508,48 @@ def test_client_generated_from_the_schema_parses_real_errors(
         assert isinstance(answer.parsed, models.ErrorResponse), answer.parsed
         assert answer.parsed.error.code == code
     assert invalid.parsed.error.details[0].loc == ["body", "name"]
+
+
+def server_processes(leader: int) -> list[int]:
+    """The processes a multiprocess server under ``leader`` serves from: its
+    descendants started by multiprocessing (uvicorn's workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    found, waiting = [], [leader]
+    while waiting:
+        for child in children.get(waiting.pop(), []):
+            waiting.append(child)
+            with suppress(OSError):
+                if (
+                    b"--multiprocessing-fork"
+                    in Path(f"/proc/{child}/cmdline").read_bytes()
+                ):
+                    found.append(child)
+    return found
+
+
+def test_image_command_serves_from_web_concurrency_processes_and_stops_them_all(
+    service: Service,
+) -> None:
+    env = service.env | {"WEB_CONCURRENCY": "2"}
+    with serving(service.project, env, image=True) as (base, logged, server):
+        tokens = register_and_sign_in(base, "processes@example.com")
+        me = {"Authorization": f"Bearer {tokens['access_token']}"}
+        workers = server_processes(server.pid)
+        answers = concurrently(
+            *[lambda: call("GET", f"{base}/api/v1/users/me", headers=me)] * 8
+        )
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=30)
+
+    assert len(workers) == 2
+    assert [answer.status for answer in answers] == [200] * 8
+    # Each process ran the app's lifespan to its end (and closed its pool), and none
+    # is left.
+    assert logged[0].count("Application shutdown complete") == 2, logged
+    assert "Traceback" not in logged[0]
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    assert code == 0

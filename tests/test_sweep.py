@@ -254,6 +254,7 @@ def check_render(answers: Answers, project: Path) -> None:
         "UV_PYTHON_DOWNLOADS=0",
         "--mount=type=cache,target=/root/.cache/uv",
         "uv sync --locked --no-install-project --no-dev",
+        "WEB_CONCURRENCY=1",
     ):
         assert line in dockerfile, line
     assert re.search(r"^USER [1-9][0-9]*", dockerfile, re.MULTILINE)  # not root
@@ -266,7 +267,7 @@ def check_render(answers: Answers, project: Path) -> None:
     assert hook_tools == {"ruff", "mypy"}
     assert hook_tools <= dependency_names(project, "dev")
     deploying = (project / "README.md").read_text().split("## Deploying", 1)[1]
-    for said in ("docker compose up", "fastapi run --workers", "/health", "/ready"):
+    for said in ("docker compose up", "WEB_CONCURRENCY", "/health", "/ready"):
         assert said in deploying, said
     assert ("alembic upgrade head" in deploying) == has_db
     assert ("--scale worker=" in deploying) == has_queue
@@ -653,11 +654,13 @@ def check_kubernetes(
         scaler = by_key[("HorizontalPodAutoscaler", f"{slug}-api")]["spec"]
         assert scaler["scaleTargetRef"]["name"] == api["metadata"]["name"]
         assert (scaler["minReplicas"], scaler["maxReplicas"]) == replicas[overlay]
-        # Production's pods together stay within the database's 100 connections.
+        # Production's pods, each process of each, stay within the database's 100
+        # connections.
+        processes = int(config_map["data"]["WEB_CONCURRENCY"])
         if has_db and overlay == "prod":
             pool = int(config_map["data"]["DATABASE_POOL_SIZE"])
             overflow = int(config_map["data"]["DATABASE_MAX_OVERFLOW"])
-            assert scaler["maxReplicas"] * (pool + overflow) < 100
+            assert scaler["maxReplicas"] * processes * (pool + overflow) < 100
 
 
 def validate_kubernetes(projects: list[Path]) -> None:
