@@ -44,6 +44,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "sentry": "app.sentry",
         "lambda_handler": "app.lambda_handler",
         "api_docs": "app.docs",
+        "cache": "app.cache",
         "config": "app.config",
         "settings_dep": "app.config",
         "logging": "app.logging",
@@ -71,6 +72,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "sentry": "app.core.sentry",
         "lambda_handler": "app.lambda_handler",
         "api_docs": "app.core.docs",
+        "cache": "app.core.cache",
         "config": "app.core.config",
         "settings_dep": "app.core.config",
         "logging": "app.core.logging",
@@ -98,6 +100,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "sentry": "app.core.sentry",
         "lambda_handler": "app.lambda_handler",
         "api_docs": "app.core.docs",
+        "cache": "app.core.cache",
         "config": "app.core.config",
         "settings_dep": "app.api.deps",
         "logging": "app.core.logging",
@@ -237,6 +240,7 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
     ("sentry", "has_sentry"),
     ("lambda_handler", "has_lambda"),
     ("api_docs", "has_offline_docs"),
+    ("cache", "has_cache"),
 )
 
 
@@ -292,6 +296,8 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
             "redis": "store",
         },
     ),
+    # The cache of item reads: in the process's memory, or in Redis.
+    "cache": ("cache", {"memory": "memory", "redis": "redis"}),
     # Jobs are dispatched by FastAPI's BackgroundTasks or through the broker.
     "jobs_routes": (
         "background",
@@ -668,6 +674,32 @@ OPTIONS: tuple[Option, ...] = (
     Option("lambda", "has_lambda", ("settings", "readme")),
     # The API docs pages served with their own assets, under a strict CSP.
     Option("api_docs", "has_offline_docs", ("app", "readme")),
+    # The cache of item reads (the items service reads through it): what both kinds
+    # keep, then each kind's own.
+    Option(
+        "cache",
+        "has_cache",
+        ("settings", "lifespan", "env_example", "readme", "conftest"),
+    ),
+    Option(
+        "cache/memory",
+        "cache_in_memory",
+        ("settings", "env_example", "readme", "conftest"),
+    ),
+    Option(
+        "cache/redis",
+        "cache_in_redis",
+        (
+            "settings",
+            "readiness",
+            "env_example",
+            "compose",
+            "ci",
+            "kubernetes",
+            "readme",
+            "conftest",
+        ),
+    ),
 )
 
 
@@ -835,6 +867,7 @@ class Answers:
     kubernetes: bool = False
     aws_lambda: bool = False
     offline_docs: bool = False
+    cache: str = "none"
 
     @classmethod
     def read(cls, context: Mapping[str, Any]) -> Answers:
@@ -902,10 +935,13 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "celery_on_rabbitmq": background == "celery" and broker == "rabbitmq",
         "taskiq_on_redis": background == "taskiq" and broker == "redis",
         "taskiq_on_rabbitmq": background == "taskiq" and broker == "rabbitmq",
-        "uses_redis_client": background in {"celery", "taskiq"}
-        and broker == "redis"
-        and (background == "taskiq" or not has_db),
-        # /ready has dependencies to check: the database, the broker.
+        "uses_redis_client": (
+            background in {"celery", "taskiq"}
+            and broker == "redis"
+            and (background == "taskiq" or not has_db)
+        )
+        or (answers.cache == "redis" and has_db),
+        # /ready has dependencies to check: the database, the broker, the cache.
         "has_checks": has_db or background in {"celery", "taskiq"},
         "is_large": layout == "large",
         "has_metrics": answers.metrics,
@@ -921,6 +957,10 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "has_kubernetes": answers.kubernetes,
         "has_lambda": answers.aws_lambda,
         "has_offline_docs": answers.offline_docs,
+        # Item reads cached (a database is required): in memory, or in Redis.
+        "has_cache": answers.cache != "none" and has_db,
+        "cache_in_memory": answers.cache == "memory" and has_db,
+        "cache_in_redis": answers.cache == "redis" and has_db,
         # The Kubernetes pods cannot start without their Secret: it holds a setting
         # with no working default (the others in it, a token or a DSN, are optional).
         "secrets_required": has_db
@@ -933,6 +973,7 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "db_library": db_library,
         "job_storage": job_storage,
         "background": background,
+        "cache": answers.cache,
     }
     modules: dict[str, list[str]] = {}
     for concept, flag in CONCEPTS:
@@ -984,12 +1025,23 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "owner": "template/_partials/owner/"
         + ("user" if flags["has_jwt"] else "none")
         + ".jinja",
+        # Where the cache keeps item reads, in the README's words.
+        "cache_label": {
+            "memory": "in the server process's memory",
+            "redis": "Redis, shared by every process",
+        }.get(answers.cache if has_db else "none", ""),
+        # Item reads through the cache, or straight from the database (the items
+        # service and routes).
+        "items_cache": "template/_partials/items/cache."
+        + ("kept" if flags["has_cache"] else "none")
+        + ".jinja",
         # Taskiq's broker on the transport chosen (worker.taskiq.py.jinja).
         "taskiq_broker": f"template/_partials/taskiq/broker.{broker}.jinja",
         # What compose.dev.yaml publishes on 127.0.0.1 for development.
         "dev_services": [
             *(["db"] if flags["on_server"] else []),
             *(["broker"] if flags["has_queue"] else []),
+            *(["cache"] if flags["cache_in_redis"] else []),
         ],
         # What mypy checks (the generated pyproject.toml's [tool.mypy] files).
         "typed_packages": ["app", "tests", *(["migrations"] if has_db else [])],

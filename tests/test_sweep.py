@@ -292,6 +292,7 @@ def check_render(answers: Answers, project: Path) -> None:
 
     # Nothing of an option that was not chosen.
     code = app_code(project)
+    cache = str(answers.get("cache", "none")) if has_db else "none"
     assert ("sqlalchemy" in code) == has_db
     assert (project / "alembic.ini").exists() == has_db
     assert (project / "migrations").exists() == has_db
@@ -326,6 +327,15 @@ def check_render(answers: Answers, project: Path) -> None:
     assert ("sentry_sdk" in code) == sentry
     assert ("SENTRY_DSN" in (project / ".env.example").read_text()) == sentry
     assert (project / "tests" / "test_sentry.py").exists() == sentry
+    # The cache of item reads: its module, its tests, its settings, and the items
+    # service reading through it, only when chosen.
+    cached = cache != "none"
+    assert (project / "tests" / "test_cache.py").exists() == cached
+    assert ("await cache.get(key)" in code) == cached
+    assert ("CACHE_TTL_SECONDS" in (project / ".env.example").read_text()) == cached
+    assert ("CACHE_URL" in (project / ".env.example").read_text()) == (cache == "redis")
+    assert ("CACHE_MAX_ENTRIES" in code.upper()) == (cache == "memory")
+    assert ("## Caching" in (project / "README.md").read_text()) == cached
     offline_docs = bool(answers.get("offline_docs", False))
     assert ("fastapi_offline" in code) == offline_docs
     assert ("docs_url=None" in code) == offline_docs
@@ -340,8 +350,10 @@ def check_render(answers: Answers, project: Path) -> None:
     assert ("db" in compose["services"]) == (engine in {"postgresql", "mysql"})
     assert ("broker" in compose["services"]) == has_queue
     assert ("worker" in compose["services"]) == has_queue
+    assert ("cache" in compose["services"]) == (cache == "redis")
     for name, service in compose["services"].items():
-        assert ("healthcheck" in service) == (name in {"db", "broker", "app"}), name
+        checked = {"db", "broker", "cache", "app"}
+        assert ("healthcheck" in service) == (name in checked), name
         assert service.get("env_file", [{"path": ".env"}])[0]["path"] == ".env"
         for dependency, condition in service.get("depends_on", {}).items():
             assert condition["condition"] == (
@@ -380,9 +392,12 @@ def check_render(answers: Answers, project: Path) -> None:
         assert jobs == ({"app", "worker"} if has_queue else {"app"})
 
     # compose.yaml publishes the API alone; compose.dev.yaml, which exists exactly when
-    # there is a database server or a broker, publishes those on 127.0.0.1 only.
-    servers = ({"db"} if engine in {"postgresql", "mysql"} else set()) | (
-        {"broker"} if has_queue else set()
+    # there is a database server, a broker or a cache server, publishes those on
+    # 127.0.0.1 only.
+    servers = (
+        ({"db"} if engine in {"postgresql", "mysql"} else set())
+        | ({"broker"} if has_queue else set())
+        | ({"cache"} if cache == "redis" else set())
     )
     published = {name for name, sv in compose["services"].items() if "ports" in sv}
     assert published - set(viewers) == {"app"}
@@ -484,6 +499,7 @@ def check_render(answers: Answers, project: Path) -> None:
     services = set(workflow["jobs"]["test"].get("services", {}))
     containers = {"postgresql": {"postgres"}, "mysql": {"mysql"}}
     expected_containers = containers.get(engine, set()) | ({broker} - {"none"})
+    expected_containers |= {"cache"} if cache == "redis" else set()
     assert services == expected_containers
     database_url = (project / ".env.example").read_text()
     for name, driver in {
@@ -552,6 +568,9 @@ def check_kubernetes(
         "BROKER_URL": has_queue,
         "SECRET_KEY": auth == "jwt",
         "API_KEYS": auth == "api_key" and not has_db,
+        # Optional (a cache that is down is left out), but a Redis URL may hold a
+        # password.
+        "CACHE_URL": has_db and answers.get("cache", "none") == "redis",
     }
     given = re.findall(r"^([A-Z_]+)=", (k8s / "secrets.env.example").read_text(), re.M)
     assert set(given) == {name for name, wanted in required.items() if wanted}
