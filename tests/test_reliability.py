@@ -160,17 +160,9 @@ class Service:
     engine: str
 
 
-@pytest.fixture(scope="module", params=sorted(SERVER_URLS))
-def service(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Service]:
-    """The default answers on a database server, installed, with a migrated database
-    of their own."""
-    engine: str = request.param
-    project = render(
-        tmp_path_factory.mktemp(engine) / "service",
-        {"db_engine": engine, "background_tasks": "none"},
-    )
+@contextmanager
+def installed(project: Path, engine: str) -> Iterator[Service]:
+    """A render installed, with a migrated database of its own on ``engine``."""
     sync(project)
     name = f"reliability_{secrets.token_hex(4)}"
     server_sql(engine, f"CREATE DATABASE {name}")
@@ -187,6 +179,21 @@ def service(
         yield Service(project, env, engine)
     finally:
         server_sql(engine, f"DROP DATABASE {name}")
+
+
+@pytest.fixture(scope="module", params=sorted(SERVER_URLS))
+def service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    """The default answers on a database server, installed, with a migrated database
+    of their own."""
+    engine: str = request.param
+    project = render(
+        tmp_path_factory.mktemp(engine) / "service",
+        {"db_engine": engine, "background_tasks": "none"},
+    )
+    with installed(project, engine) as service:
+        yield service
 
 
 def image_command(project: Path, port: int) -> list[str]:
@@ -553,3 +560,92 @@ def test_image_command_serves_from_web_concurrency_processes_and_stops_them_all(
     assert "Traceback" not in logged[0]
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
     assert code == 0
+
+
+@pytest.fixture(scope="module")
+def cached_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """The default answers with item reads cached in Redis, on PostgreSQL."""
+    project = render(
+        tmp_path_factory.mktemp("cached") / "service",
+        {"db_engine": "postgresql", "background_tasks": "none", "cache": "redis"},
+    )
+    with installed(project, "postgresql") as service:
+        yield service
+
+
+def redis_keys(pattern: str) -> list[str]:
+    """The keys of the local Redis that match ``pattern``."""
+    listed = subprocess.run(
+        ["redis-cli", "--raw", "KEYS", pattern],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return listed.stdout.split()
+
+
+def rename_item(service: Service, item_id: int, name: str) -> None:
+    """Change an item in the database behind the service's back."""
+    database = urllib.parse.urlsplit(service.env["DATABASE_URL"]).path.lstrip("/")
+    server_sql(
+        service.engine,
+        f"UPDATE items SET name = '{name}' WHERE id = {item_id}",
+        database,
+    )
+
+
+def test_cache_shared_by_two_processes_is_never_stale_and_outlives_redis(
+    cached_service: Service,
+) -> None:
+    redis = Proxy(6379)
+    redis.start()
+    prefix = f"reliability-{secrets.token_hex(4)}:"
+    env = cached_service.env | {
+        "WEB_CONCURRENCY": "2",
+        "CACHE_URL": f"redis://127.0.0.1:{redis.port}/0",
+        "CACHE_PREFIX": prefix,
+    }
+    with (
+        redis.running(),
+        serving(cached_service.project, env, image=True) as (
+            base,
+            logged,
+            _,
+        ),
+    ):
+        tokens = register_and_sign_in(base, "cache@example.com")
+        me = {"Authorization": f"Bearer {tokens['access_token']}"}
+        created = call(
+            "POST", f"{base}/api/v1/items", json_body={"name": "first"}, headers=me
+        )
+        item_id = created.body["id"]
+        url = f"{base}/api/v1/items/{item_id}"
+
+        def names() -> set[str]:
+            reads = concurrently(*[lambda: call("GET", url, headers=me)] * 16)
+            assert [read.status for read in reads] == [200] * 16, reads
+            return {read.body["name"] for read in reads}
+
+        first = call("GET", url, headers=me).body["name"]
+        kept = redis_keys(prefix + "*")
+        rename_item(cached_service, item_id, "changed behind the cache")
+        # Either process answers from the copy in Redis, not from the row.
+        cached = names()
+        changed = call("PATCH", url, json_body={"name": "second"}, headers=me)
+        after_write = names()
+        redis.cut()
+        rename_item(cached_service, item_id, "read during the outage")
+        during_outage = names()
+        ready = call("GET", f"{base}/ready")
+
+    assert first == "first"
+    assert len(kept) == 1
+    assert kept[0].startswith(prefix + "item:")
+    assert cached == {"first"}
+    assert changed.status == 200
+    assert after_write == {"second"}
+    assert during_outage == {"read during the outage"}
+    assert ready.status == 200
+    assert ready.body["checks"] == {"database": "ok", "cache": "degraded"}
+    assert "The cache is not available" in logged[0]
+    assert "Traceback" not in logged[0]
