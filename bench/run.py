@@ -560,9 +560,9 @@ def health_with(
     return median([sample["requests_per_second"] for sample in samples])
 
 
-# Renders with telemetry, measured beside the plain PostgreSQL render: the answers,
-# and the settings they are served with.
-TELEMETRY = {
+# Renders with an option on the request path, measured beside the plain PostgreSQL
+# render: the answers, and the settings they are served with.
+COSTED = {
     "metrics": ({"metrics": "true"}, {}),
     "telemetry": (
         {"metrics": "true", "tracing": "true"},
@@ -572,27 +572,37 @@ TELEMETRY = {
         {"metrics": "true", "tracing": "true"},
         {"TRACE_SAMPLE_RATIO": "1"},
     ),
+    # Item reads cached in the local Redis: the item read is a cache hit after the
+    # first.
+    "cache": (
+        {"cache": "redis"},
+        {
+            "CACHE_URL": "redis://127.0.0.1:6379/0",
+            "CACHE_PREFIX": f"bench-{os.getpid()}:",
+        },
+    ),
 }
 
 
-def telemetry_cost(
+def option_cost(
     runs: int,
     seconds: int,
     work: Path,
     env: Mapping[str, str],
     plain: Mapping[str, Any],
-    labels: Sequence[str] = tuple(TELEMETRY),
+    labels: Sequence[str] = tuple(COSTED),
 ) -> dict[str, Any]:
-    """The item read and /health of the PostgreSQL render with metrics on, and with
-    metrics and tracing (10 % and 100 % of traces sampled), and what each keeps of
-    the same render without them (``plain``, measured in the same run). Spans are
-    recorded but not exported: no collector runs."""
+    """The item read and /health of the PostgreSQL render with metrics on, with
+    metrics and tracing (10 % and 100 % of traces sampled), and with item reads
+    cached in Redis, and what each keeps of the same render without them
+    (``plain``, measured in the same run). Spans are recorded but not exported: no
+    collector runs."""
     endpoints = {name: ENDPOINTS[name] for name in ("item", "health")}
     figures: dict[str, Any] = {}
     # One install for each set of answers (10 % and 100 % sampling share one).
     services: dict[str, Path] = {}
     for label in labels:
-        answers, settings = TELEMETRY[label]
+        answers, settings = COSTED[label]
         key = json.dumps(answers, sort_keys=True)
         if key not in services:
             services[key] = installed(
@@ -641,8 +651,8 @@ def bench_serve(runs: int, seconds: int, work: Path, quick: bool) -> dict[str, A
             seconds,
         )
     # A quick run measures one set (the benchmark's code is the same for each).
-    labels = ("telemetry",) if quick else tuple(TELEMETRY)
-    figures |= telemetry_cost(runs, seconds, work, env, figures, labels)
+    labels = ("telemetry",) if quick else tuple(COSTED)
+    figures |= option_cost(runs, seconds, work, env, figures, labels)
     sqlite = installed(render_answers(work / "sqlite", {}))
     on_sqlite = env | {"DATABASE_URL": f"sqlite+aiosqlite:///{work}/bench.sqlite3"}
     for key, value in measure_service(sqlite, on_sqlite, runs, seconds).items():
@@ -672,6 +682,7 @@ def bench_serve(runs: int, seconds: int, work: Path, quick: bool) -> dict[str, A
         "postgresql_peak_rss_mib": ("<=", 90),
         "telemetry_item_ratio": (">=", 0.85),
         "telemetry_health_ratio": (">=", 0.85),
+        "cache_item_ratio": (">=", 2.0),
     }
     return figures
 

@@ -333,6 +333,12 @@ FIGURES = {
     "postgresql_telemetry_full_health_requests_per_second": "PostgreSQL `/health`, metrics and tracing (100 % sampled), requests/s",
     "postgresql_telemetry_full_health_cpu_us_per_request": "PostgreSQL `/health`, metrics and tracing (100 % sampled), server CPU per request (µs)",
     "telemetry_full_health_ratio": "PostgreSQL `/health`, metrics and tracing (100 % sampled) / without",
+    "postgresql_cache_item_requests_per_second": "PostgreSQL item by id, cached in Redis, requests/s",
+    "postgresql_cache_item_p99_ms": "PostgreSQL item by id, cached in Redis, p99 (ms)",
+    "postgresql_cache_item_cpu_us_per_request": "PostgreSQL item by id, cached in Redis, server CPU per request (µs)",
+    "cache_item_ratio": "PostgreSQL item by id, cached in Redis / without",
+    "postgresql_cache_health_requests_per_second": "PostgreSQL `/health`, cache on, requests/s",
+    "cache_health_ratio": "PostgreSQL `/health`, cache on / without",
 }
 # The process benchmark: each way of serving, and what a second process adds.
 PROCESS_MODELS = {

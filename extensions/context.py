@@ -497,7 +497,8 @@ POINTS: dict[str, str] = {
     # broker, `startup()` and `shutdown()` in each worker process; for Celery, whose
     # workers do not run the app's lifespan, `engine()` where it makes its `engine`.
     "worker": "worker.py.jinja",
-    # What /ready checks: `parameters()`, `probe()` and `check()`.
+    # What /ready checks: `parameters()`, `probe()` and `check()`; `states()` adds a
+    # check state beside ok and unavailable (the cache's degraded, still ready).
     "readiness": "readiness.py.jinja",
     # Lines of .env.example (the settings, documented) and of .env (the local values
     # a fresh copy needs): plain text.

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
@@ -194,6 +195,8 @@ def databases(engine: str) -> set[str]:
 # The brokers on this machine; a variant's own tests give each run a queue of its own.
 # RabbitMQ lets `guest` in only over loopback: a broker in a container (the template's
 # CI) has another user, named by TEMPLATE_RABBITMQ_URL.
+# The local Redis, for the services that cache item reads in it.
+CACHE_URL = "redis://127.0.0.1:6379/2"
 BROKER_URLS = {
     "redis": "redis://127.0.0.1:6379/0",
     "rabbitmq": os.environ.get(
@@ -224,6 +227,11 @@ def variant_env(answers: Mapping[str, object]) -> dict[str, str]:
         env["DATABASE_URL"] = server_url(str(answers["db_engine"]))
     if answers["background_tasks"] in {"celery", "taskiq"}:
         env["BROKER_URL"] = BROKER_URLS[str(answers["broker"])]
+    if answers["db_library"] != "none" and answers.get("cache") == "redis":
+        # Keys under a prefix of the variant's own (each test uses its own too), so
+        # variants running at once never read each other's items.
+        env["CACHE_URL"] = CACHE_URL
+        env["CACHE_PREFIX"] = f"variant-{uuid.uuid4().hex[:12]}:"
     return env
 
 
