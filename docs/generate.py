@@ -59,6 +59,8 @@ COMPARISONS = {
     # Both need a database server.
     "kubernetes": WITH_DB | {"db_engine": "postgresql"},
     "aws_lambda": WITH_DB | {"db_engine": "postgresql"},
+    # It caches item reads.
+    "cache": WITH_DB,
 }
 
 
