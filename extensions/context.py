@@ -45,6 +45,8 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "lambda_handler": "app.lambda_handler",
         "api_docs": "app.docs",
         "cache": "app.cache",
+        "ratelimit": "app.ratelimit",
+        "ratelimit_counter": "app.ratelimit",
         "config": "app.config",
         "settings_dep": "app.config",
         "logging": "app.logging",
@@ -73,6 +75,8 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "lambda_handler": "app.lambda_handler",
         "api_docs": "app.core.docs",
         "cache": "app.core.cache",
+        "ratelimit": "app.core.ratelimit",
+        "ratelimit_counter": "app.core.ratelimit",
         "config": "app.core.config",
         "settings_dep": "app.core.config",
         "logging": "app.core.logging",
@@ -101,6 +105,8 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "lambda_handler": "app.lambda_handler",
         "api_docs": "app.core.docs",
         "cache": "app.core.cache",
+        "ratelimit": "app.core.ratelimit",
+        "ratelimit_counter": "app.core.ratelimit",
         "config": "app.core.config",
         "settings_dep": "app.api.deps",
         "logging": "app.core.logging",
@@ -241,6 +247,8 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
     ("lambda_handler", "has_lambda"),
     ("api_docs", "has_offline_docs"),
     ("cache", "has_cache"),
+    ("ratelimit", "has_rate_limit"),
+    ("ratelimit_counter", "has_rate_limit"),
 )
 
 
@@ -298,6 +306,8 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     ),
     # The cache of item reads: in the process's memory, or in Redis.
     "cache": ("cache", {"memory": "memory", "redis": "redis"}),
+    # Rate limits counted in the process's memory, or in Redis.
+    "ratelimit_counter": ("rate_limit", {"memory": "memory", "redis": "redis"}),
     # Jobs are dispatched by FastAPI's BackgroundTasks or through the broker.
     "jobs_routes": (
         "background",
@@ -339,12 +349,14 @@ def feature_errors(flags: Mapping[str, bool]) -> dict[str, list[int]]:
     """The error statuses every route of each feature may answer with."""
     guarded = [401] if flags["has_auth"] else []
     jobs_on_server = flags["has_db"] or flags["has_queue"]
+    # Every API route is rate limited (the health routes are not).
+    limited = [429] if flags["has_rate_limit"] else []
     return {
         "health": [],
-        "auth": [503],
-        "users": [401, 503],
-        "items": [*guarded, 503],
-        "jobs": [*guarded, *([503] if jobs_on_server else [])],
+        "auth": [503, *limited],
+        "users": [401, 503, *limited],
+        "items": [*guarded, 503, *limited],
+        "jobs": [*guarded, *([503] if jobs_on_server else []), *limited],
     }
 
 
@@ -487,7 +499,8 @@ POINTS: dict[str, str] = {
     # The error handler and the error body, each macro optional: `cases()`
     # (branches of handle_error) and `handled()` (the classes registered) for the
     # exceptions an option answers; `unhandled()` runs before an unhandled error's
-    # 500 (`exc` is the error); `fields()` of every error body.
+    # 500 (`exc` is the error); `fields()` of every error body; `descriptions()`
+    # of the statuses it adds to the OpenAPI schema (ERROR_DESCRIPTIONS).
     "errors": "errors.py.jinja",
     # Jobs, wherever they run: `decorators()` of the function that does a job's work
     # (given the job and the settings), `retried()` where an attempt failed and is
@@ -497,8 +510,8 @@ POINTS: dict[str, str] = {
     # broker, `startup()` and `shutdown()` in each worker process; for Celery, whose
     # workers do not run the app's lifespan, `engine()` where it makes its `engine`.
     "worker": "worker.py.jinja",
-    # What /ready checks: `parameters()`, `probe()` and `check()`; `states()` adds a
-    # check state beside ok and unavailable (the cache's degraded, still ready).
+    # What /ready checks: `parameters()`, `probe()` and `check()` (a check that can
+    # be `degraded`, still ready, sets the flag `may_degrade`).
     "readiness": "readiness.py.jinja",
     # Lines of .env.example (the settings, documented) and of .env (the local values
     # a fresh copy needs): plain text.
@@ -578,6 +591,8 @@ OPTIONS: tuple[Option, ...] = (
     # Jobs that run in the API process (BackgroundTasks).
     Option("jobs/tasks", "has_tasks", ("readme",)),
     # Their status in that process's memory, without a database: one server process.
+    # One server process: what lives in its memory (the options below refuse more).
+    Option("process", "one_process", ("settings",)),
     Option("jobs/memory", "jobs_in_memory", ("settings", "readme")),
     Option(
         "queue",
@@ -690,6 +705,40 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "cache/redis",
         "cache_in_redis",
+        (
+            "settings",
+            "readiness",
+            "env_example",
+            "compose",
+            "ci",
+            "kubernetes",
+            "readme",
+            "conftest",
+        ),
+    ),
+    # Rate limits (inside the metrics' and the tracing's middleware, so a 429 is
+    # counted and traced): what both kinds count, then each kind's own.
+    Option(
+        "ratelimit",
+        "has_rate_limit",
+        (
+            "settings",
+            "lifespan",
+            "middleware",
+            "errors",
+            "env_example",
+            "readme",
+            "conftest",
+        ),
+    ),
+    Option(
+        "ratelimit/memory",
+        "ratelimit_in_memory",
+        ("settings", "readme", "conftest"),
+    ),
+    Option(
+        "ratelimit/redis",
+        "ratelimit_in_redis",
         (
             "settings",
             "readiness",
@@ -869,6 +918,7 @@ class Answers:
     aws_lambda: bool = False
     offline_docs: bool = False
     cache: str = "none"
+    rate_limit: str = "none"
 
     @classmethod
     def read(cls, context: Mapping[str, Any]) -> Answers:
@@ -941,9 +991,22 @@ def _derive(answers: Answers) -> dict[str, Any]:
             and broker == "redis"
             and (background == "taskiq" or not has_db)
         )
-        or (answers.cache == "redis" and has_db),
-        # /ready has dependencies to check: the database, the broker, the cache.
-        "has_checks": has_db or background in {"celery", "taskiq"},
+        or (answers.cache == "redis" and has_db)
+        or answers.rate_limit == "redis",
+        # /ready has dependencies to check: the database, the broker, the Redis of
+        # the cache or the rate limits.
+        "has_checks": has_db
+        or background in {"celery", "taskiq"}
+        or answers.rate_limit == "redis",
+        # /ready has a check that can fail without making the service unready: the
+        # cache's or the rate limits' Redis (the service works on without it).
+        "may_degrade": (answers.cache == "redis" and has_db)
+        or answers.rate_limit == "redis",
+        # Settings that pin the server to one process (WEB_CONCURRENCY=1): job
+        # status, the cache or the rate limits in the process's memory.
+        "one_process": (background == "fastapi" and not has_db)
+        or (answers.cache == "memory" and has_db)
+        or answers.rate_limit == "memory",
         "is_large": layout == "large",
         "has_metrics": answers.metrics,
         "metrics_on_db": answers.metrics and has_db,
@@ -962,6 +1025,12 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "has_cache": answers.cache != "none" and has_db,
         "cache_in_memory": answers.cache == "memory" and has_db,
         "cache_in_redis": answers.cache == "redis" and has_db,
+        # Requests limited per client: counted in memory, or in Redis; the strict
+        # limit on signing in and registering, with JWT auth.
+        "has_rate_limit": answers.rate_limit != "none",
+        "ratelimit_in_memory": answers.rate_limit == "memory",
+        "ratelimit_in_redis": answers.rate_limit == "redis",
+        "ratelimit_on_jwt": answers.rate_limit != "none" and auth == "jwt",
         # The Kubernetes pods cannot start without their Secret: it holds a setting
         # with no working default (the others in it, a token or a DSN, are optional).
         "secrets_required": has_db
@@ -975,6 +1044,7 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "job_storage": job_storage,
         "background": background,
         "cache": answers.cache,
+        "rate_limit": answers.rate_limit,
     }
     modules: dict[str, list[str]] = {}
     for concept, flag in CONCEPTS:
@@ -1031,6 +1101,34 @@ def _derive(answers: Answers) -> dict[str, Any]:
             "memory": "in the server process's memory",
             "redis": "Redis, shared by every process",
         }.get(answers.cache if has_db else "none", ""),
+        # Where the rate limits are counted, who a client is, and the strict limit
+        # on signing in, in the README's words.
+        "ratelimit_label": {
+            "memory": "in the server process's memory",
+            "redis": "in Redis, so the limit holds across every process and pod",
+        }.get(answers.rate_limit, ""),
+        "ratelimit_client": {
+            "jwt": "its bearer token (hashed) if it sends one, else its address",
+            "api_key": "its API key (hashed) if it sends one, else its address",
+        }.get(auth, "its address"),
+        # The rate limits' tests of each kind (tests/test_rate_limit.py).
+        # The states of /ready's checks: degraded, where a dependency can fail
+        # while the service stays ready (a Redis it works without).
+        "check_states": ", ".join(
+            f'"{state}"'
+            for state in ["ok", "unavailable", "degraded"][: 3 if flags["may_degrade"] else 2]
+        ),
+        "ratelimit_tests": f"template/_partials/ratelimit/{answers.rate_limit}/"
+        "tests.py.jinja",
+        # The header a credential comes in, and what precedes it there.
+        "credential_header": "Authorization" if auth == "jwt" else "X-API-Key",
+        "credential_prefix": "Bearer " if auth == "jwt" else "",
+        "ratelimit_auth_sentence": (
+            "Signing in, refreshing and registering are limited per address by "
+            "`RATE_LIMIT_AUTH` instead, against password guessing. "
+            if auth == "jwt"
+            else ""
+        ),
         # Item reads through the cache, or straight from the database (the items
         # service and routes).
         "items_cache": "template/_partials/items/cache."

@@ -282,7 +282,7 @@ def format_module(text: str, module: str) -> str:
         out.extend(chunk)
         previous = node
     wrapped = [part for line in out for part in _wrap_long_assignment(line)]
-    return "\n".join(wrapped) + "\n"
+    return "\n".join(wrapped).rstrip("\n") + "\n"
 
 
 def quoted(value: object) -> str:

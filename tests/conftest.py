@@ -197,6 +197,8 @@ def databases(engine: str) -> set[str]:
 # CI) has another user, named by TEMPLATE_RABBITMQ_URL.
 # The local Redis, for the services that cache item reads in it.
 CACHE_URL = "redis://127.0.0.1:6379/2"
+# The local Redis, for the services that count rate limits in it.
+RATE_LIMIT_URL = "redis://127.0.0.1:6379/4"
 BROKER_URLS = {
     "redis": "redis://127.0.0.1:6379/0",
     "rabbitmq": os.environ.get(
@@ -232,6 +234,15 @@ def variant_env(answers: Mapping[str, object]) -> dict[str, str]:
         # variants running at once never read each other's items.
         env["CACHE_URL"] = CACHE_URL
         env["CACHE_PREFIX"] = f"variant-{uuid.uuid4().hex[:12]}:"
+    if answers.get("rate_limit", "none") != "none":
+        # Limits no fuzzer reaches, so the served fuzzing explores the API (the
+        # suite's tests of the limits set their own).
+        env["RATE_LIMIT"] = "1000000/minute"
+        if answers["auth"] == "jwt":
+            env["RATE_LIMIT_AUTH"] = "1000000/minute"
+    if answers.get("rate_limit") == "redis":
+        env["RATE_LIMIT_URL"] = RATE_LIMIT_URL
+        env["RATE_LIMIT_PREFIX"] = f"variant-{uuid.uuid4().hex[:12]}:"
     return env
 
 

@@ -80,8 +80,37 @@ BAD_TEXT_ANSWERS = [
     ({"project_slug": "9lives"}, '"9lives" is not a kebab-case name'),
     ({"author_email": "nobody"}, '"nobody" is not an email address'),
 ]
+CACHE_WITHOUT_DB = (
+    "cache=redis caches item reads, but db_library=none has no items: choose a "
+    "db_library, or cache=none."
+)
+CACHE_IN_MEMORY_ON_PODS = (
+    "cache=memory keeps a cache in each process, so after a write the other pods or "
+    "Lambda environments would go on serving the old item: choose cache=redis, or "
+    "cache=none."
+)
+RATE_LIMIT_IN_MEMORY_ON_PODS = (
+    "rate_limit=memory counts in each process, so every pod or Lambda environment "
+    "would let a client through the whole limit again: choose rate_limit=redis, or "
+    "rate_limit=none."
+)
+ON_POSTGRESQL = {"db_engine": "postgresql"}
+NO_JOBS = {"background_tasks": "none"}
 # Feature answers that the architecture they are asked with cannot run.
 REFUSED_FEATURES = [
+    ({"cache": "redis", "db_library": "none", "auth": "none"}, CACHE_WITHOUT_DB),
+    (
+        {"cache": "memory", "kubernetes": True} | ON_POSTGRESQL,
+        CACHE_IN_MEMORY_ON_PODS,
+    ),
+    (
+        {"rate_limit": "memory", "kubernetes": True} | ON_POSTGRESQL,
+        RATE_LIMIT_IN_MEMORY_ON_PODS,
+    ),
+    (
+        {"rate_limit": "memory", "aws_lambda": True} | ON_POSTGRESQL | NO_JOBS,
+        RATE_LIMIT_IN_MEMORY_ON_PODS,
+    ),
     ({"kubernetes": True}, KUBERNETES_ON_SQLITE),
     (
         {"kubernetes": True, "db_library": "none", "auth": "none"},

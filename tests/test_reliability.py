@@ -563,11 +563,17 @@ def test_image_command_serves_from_web_concurrency_processes_and_stops_them_all(
 
 
 @pytest.fixture(scope="module")
-def cached_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """The default answers with item reads cached in Redis, on PostgreSQL."""
+def redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """The default answers with item reads cached and rate limits counted in Redis,
+    on PostgreSQL."""
     project = render(
-        tmp_path_factory.mktemp("cached") / "service",
-        {"db_engine": "postgresql", "background_tasks": "none", "cache": "redis"},
+        tmp_path_factory.mktemp("redis") / "service",
+        {
+            "db_engine": "postgresql",
+            "background_tasks": "none",
+            "cache": "redis",
+            "rate_limit": "redis",
+        },
     )
     with installed(project, "postgresql") as service:
         yield service
@@ -595,19 +601,22 @@ def rename_item(service: Service, item_id: int, name: str) -> None:
 
 
 def test_cache_shared_by_two_processes_is_never_stale_and_outlives_redis(
-    cached_service: Service,
+    redis_service: Service,
 ) -> None:
     redis = Proxy(6379)
     redis.start()
     prefix = f"reliability-{secrets.token_hex(4)}:"
-    env = cached_service.env | {
+    env = redis_service.env | {
         "WEB_CONCURRENCY": "2",
         "CACHE_URL": f"redis://127.0.0.1:{redis.port}/0",
         "CACHE_PREFIX": prefix,
+        # The rate limits out of the way, on the Redis that stays up.
+        "RATE_LIMIT_URL": "redis://127.0.0.1:6379/4",
+        "RATE_LIMIT_PREFIX": prefix + "limits:",
     }
     with (
         redis.running(),
-        serving(cached_service.project, env, image=True) as (
+        serving(redis_service.project, env, image=True) as (
             base,
             logged,
             _,
@@ -628,13 +637,13 @@ def test_cache_shared_by_two_processes_is_never_stale_and_outlives_redis(
 
         first = call("GET", url, headers=me).body["name"]
         kept = redis_keys(prefix + "*")
-        rename_item(cached_service, item_id, "changed behind the cache")
+        rename_item(redis_service, item_id, "changed behind the cache")
         # Either process answers from the copy in Redis, not from the row.
         cached = names()
         changed = call("PATCH", url, json_body={"name": "second"}, headers=me)
         after_write = names()
         redis.cut()
-        rename_item(cached_service, item_id, "read during the outage")
+        rename_item(redis_service, item_id, "read during the outage")
         during_outage = names()
         ready = call("GET", f"{base}/ready")
 
@@ -646,6 +655,61 @@ def test_cache_shared_by_two_processes_is_never_stale_and_outlives_redis(
     assert after_write == {"second"}
     assert during_outage == {"read during the outage"}
     assert ready.status == 200
-    assert ready.body["checks"] == {"database": "ok", "cache": "degraded"}
+    assert ready.body["checks"] == {
+        "database": "ok",
+        "cache": "degraded",
+        "rate_limits": "ok",
+    }
     assert "The cache is not available" in logged[0]
+    assert "Traceback" not in logged[0]
+
+
+def test_rate_limit_holds_exactly_across_two_processes_and_outlives_redis(
+    redis_service: Service,
+) -> None:
+    redis = Proxy(6379)
+    redis.start()
+    env = redis_service.env | {
+        "WEB_CONCURRENCY": "2",
+        "RATE_LIMIT": "10/minute",
+        "RATE_LIMIT_AUTH": "3/minute",
+        "RATE_LIMIT_URL": f"redis://127.0.0.1:{redis.port}/0",
+        "RATE_LIMIT_PREFIX": f"reliability-{secrets.token_hex(4)}:",
+    }
+    items = "/api/v1/items"
+    with (
+        redis.running(),
+        serving(redis_service.project, env, image=True) as (base, logged, _),
+    ):
+
+        def from_address(address: str) -> Answer:
+            # uvicorn believes X-Forwarded-For from the loopback (FORWARDED_ALLOW_IPS).
+            return call("GET", base + items, headers={"X-Forwarded-For": address})
+
+        # 30 requests at once from one address, spread over both processes.
+        burst = concurrently(*[lambda: from_address("203.0.113.1")] * 30)
+        other_address = from_address("203.0.113.2")
+        guess = {"username": "nobody@example.com", "password": "not-the-password"}
+        sign_ins = [
+            call("POST", f"{base}/api/v1/auth/token", form=guess).status
+            for _ in range(5)
+        ]
+        redis.cut()
+        during_outage = [from_address("203.0.113.3").status for _ in range(12)]
+        ready = call("GET", f"{base}/ready")
+
+    statuses = sorted(answer.status for answer in burst)
+    assert statuses == [401] * 10 + [429] * 20
+    refused = next(answer for answer in burst if answer.status == 429)
+    assert refused.body["error"]["code"] == "too_many_requests"
+    assert 0 < int(refused.headers["retry-after"]) <= 60
+    assert other_address.headers["ratelimit-remaining"] == "9"
+    assert sign_ins == [401, 401, 401, 429, 429]
+    # Each process counts on its own while Redis is out: still answered, still
+    # limited (10 per process).
+    assert 401 in during_outage
+    assert set(during_outage) <= {401, 429}
+    assert ready.status == 200
+    assert ready.body["checks"]["rate_limits"] == "degraded"
+    assert "counting rate limits in this process" in logged[0]
     assert "Traceback" not in logged[0]

@@ -293,6 +293,7 @@ def check_render(answers: Answers, project: Path) -> None:
     # Nothing of an option that was not chosen.
     code = app_code(project)
     cache = str(answers.get("cache", "none")) if has_db else "none"
+    rate_limit = str(answers.get("rate_limit", "none"))
     assert ("sqlalchemy" in code) == has_db
     assert (project / "alembic.ini").exists() == has_db
     assert (project / "migrations").exists() == has_db
@@ -336,6 +337,19 @@ def check_render(answers: Answers, project: Path) -> None:
     assert ("CACHE_URL" in (project / ".env.example").read_text()) == (cache == "redis")
     assert ("CACHE_MAX_ENTRIES" in code.upper()) == (cache == "memory")
     assert ("## Caching" in (project / "README.md").read_text()) == cached
+    # The rate limits: their middleware, tests and settings; the strict limit on
+    # signing in with JWT; Redis's settings with Redis; one process in memory.
+    limited = rate_limit != "none"
+    example_text = (project / ".env.example").read_text()
+    assert ("RateLimitMiddleware" in code) == limited
+    assert (project / "tests" / "test_rate_limit.py").exists() == limited
+    assert ("RATE_LIMIT=" in example_text) == limited
+    assert ("RATE_LIMIT_AUTH=" in example_text) == (limited and has_jwt)
+    assert ("AUTH_PATHS" in code) == (limited and has_jwt)
+    assert ("RATE_LIMIT_URL=" in example_text) == (rate_limit == "redis")
+    assert ("register_script" in code) == (rate_limit == "redis")
+    assert ("rate limits are counted in the server" in code) == (rate_limit == "memory")
+    assert ("## Rate limiting" in (project / "README.md").read_text()) == limited
     offline_docs = bool(answers.get("offline_docs", False))
     assert ("fastapi_offline" in code) == offline_docs
     assert ("docs_url=None" in code) == offline_docs
@@ -351,8 +365,9 @@ def check_render(answers: Answers, project: Path) -> None:
     assert ("broker" in compose["services"]) == has_queue
     assert ("worker" in compose["services"]) == has_queue
     assert ("cache" in compose["services"]) == (cache == "redis")
+    assert ("ratelimit" in compose["services"]) == (rate_limit == "redis")
     for name, service in compose["services"].items():
-        checked = {"db", "broker", "cache", "app"}
+        checked = {"db", "broker", "cache", "ratelimit", "app"}
         assert ("healthcheck" in service) == (name in checked), name
         assert service.get("env_file", [{"path": ".env"}])[0]["path"] == ".env"
         for dependency, condition in service.get("depends_on", {}).items():
@@ -398,6 +413,7 @@ def check_render(answers: Answers, project: Path) -> None:
         ({"db"} if engine in {"postgresql", "mysql"} else set())
         | ({"broker"} if has_queue else set())
         | ({"cache"} if cache == "redis" else set())
+        | ({"ratelimit"} if rate_limit == "redis" else set())
     )
     published = {name for name, sv in compose["services"].items() if "ports" in sv}
     assert published - set(viewers) == {"app"}
@@ -500,6 +516,7 @@ def check_render(answers: Answers, project: Path) -> None:
     containers = {"postgresql": {"postgres"}, "mysql": {"mysql"}}
     expected_containers = containers.get(engine, set()) | ({broker} - {"none"})
     expected_containers |= {"cache"} if cache == "redis" else set()
+    expected_containers |= {"ratelimit"} if rate_limit == "redis" else set()
     assert services == expected_containers
     database_url = (project / ".env.example").read_text()
     for name, driver in {
@@ -571,6 +588,7 @@ def check_kubernetes(
         # Optional (a cache that is down is left out), but a Redis URL may hold a
         # password.
         "CACHE_URL": has_db and answers.get("cache", "none") == "redis",
+        "RATE_LIMIT_URL": answers.get("rate_limit", "none") == "redis",
     }
     given = re.findall(r"^([A-Z_]+)=", (k8s / "secrets.env.example").read_text(), re.M)
     assert set(given) == {name for name, wanted in required.items() if wanted}
