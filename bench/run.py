@@ -581,6 +581,20 @@ COSTED = {
             "CACHE_PREFIX": f"bench-{os.getpid()}:",
         },
     ),
+    # Rate limits counted in memory and in the local Redis, under a limit the load
+    # never reaches: what counting costs each request (/health is not limited).
+    "rate_limit_memory": (
+        {"rate_limit": "memory"},
+        {"RATE_LIMIT": "1000000000/minute"},
+    ),
+    "rate_limit_redis": (
+        {"rate_limit": "redis"},
+        {
+            "RATE_LIMIT": "1000000000/minute",
+            "RATE_LIMIT_URL": "redis://127.0.0.1:6379/0",
+            "RATE_LIMIT_PREFIX": f"bench-{os.getpid()}:limits:",
+        },
+    ),
 }
 
 
@@ -623,6 +637,27 @@ def option_cost(
                 3,
             )
     return figures
+
+
+def bench_costs(
+    runs: int, seconds: int, work: Path, labels: Sequence[str]
+) -> dict[str, Any]:
+    """Only the option costs named (``labels`` of COSTED), each against the plain
+    PostgreSQL render measured in the same run: for a new option's row, without
+    measuring everything again. Merged into the serve benchmark's figures."""
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    env = tool_env() | SERVED
+    postgres = installed(render_answers(work / "postgres", {"db_engine": "postgresql"}))
+    endpoints = {name: ENDPOINTS[name] for name in ("item", "health")}
+    figures: dict[str, Any] = {}
+    with postgres_database("costs") as database:
+        on_postgres = env | {"DATABASE_URL": POSTGRES.format(database=database)}
+        measured = measure_service(postgres, on_postgres, runs, seconds, endpoints)
+    for name in endpoints:
+        for key in ("requests_per_second", "p99_ms", "cpu_us_per_request"):
+            figures[f"postgresql_{name}_{key}"] = measured[f"{name}_{key}"]
+    return figures | option_cost(runs, seconds, work, env, figures, labels)
 
 
 def bench_serve(runs: int, seconds: int, work: Path, quick: bool) -> dict[str, Any]:
@@ -831,10 +866,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     choices = ["render", "sweep", "variants", "suite", "serve", "export", "process"]
     choices.append("all")
-    parser.add_argument("benchmark", choices=choices)
+    parser.add_argument("benchmark", choices=[*choices, "costs"])
     parser.add_argument("--quick", action="store_true", help="once, small: for CI")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--labels",
+        nargs="+",
+        choices=list(COSTED),
+        default=list(COSTED),
+        help="costs: the option costs to measure again (merged into serve.json)",
+    )
     options = parser.parse_args()
+    if options.benchmark == "costs":
+        return merge_costs(options.output, options.labels)
     names = choices[:-1] if options.benchmark == "all" else [options.benchmark]
     options.output.mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -854,6 +898,31 @@ def main() -> int:
         path = options.output / f"{name}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"{name}: {json.dumps(figures)}")
+    return 0
+
+
+def merge_costs(output: Path, labels: Sequence[str]) -> int:
+    """The `costs` benchmark: the option rows of serve.json measured again, with the
+    plain render beside them, and the date they were measured (``costs_date``)."""
+    path = output / "serve.json"
+    result = json.loads(path.read_text())
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        (work / "copier-settings.yml").write_text("{}\n")
+        os.environ["COPIER_SETTINGS_PATH"] = str(work / "copier-settings.yml")
+        figures = bench_costs(5, 10, work, labels)
+    costs = {
+        key: value
+        for key, value in figures.items()
+        if any(f"_{label}_" in f"_{key}" for label in labels)
+    }
+    result["figures"] |= costs
+    result["costs_date"] = time.strftime("%Y-%m-%d")
+    result["costs_plain"] = {
+        key: value for key, value in figures.items() if key not in costs
+    }
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"costs: {json.dumps(figures)}")
     return 0
 
 

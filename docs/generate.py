@@ -61,6 +61,8 @@ COMPARISONS = {
     "aws_lambda": WITH_DB | {"db_engine": "postgresql"},
     # It caches item reads.
     "cache": WITH_DB,
+    # With JWT, so the strict limit on signing in shows.
+    "rate_limit": WITH_DB | {"auth": "jwt"},
 }
 
 
@@ -341,6 +343,12 @@ FIGURES = {
     "cache_item_ratio": "PostgreSQL item by id, cached in Redis / without",
     "postgresql_cache_health_requests_per_second": "PostgreSQL `/health`, cache on, requests/s",
     "cache_health_ratio": "PostgreSQL `/health`, cache on / without",
+    "postgresql_rate_limit_memory_item_requests_per_second": "PostgreSQL item by id, rate limited in memory, requests/s",
+    "postgresql_rate_limit_memory_item_cpu_us_per_request": "PostgreSQL item by id, rate limited in memory, server CPU per request (µs)",
+    "rate_limit_memory_item_ratio": "PostgreSQL item by id, rate limited in memory / without",
+    "postgresql_rate_limit_redis_item_requests_per_second": "PostgreSQL item by id, rate limited in Redis, requests/s",
+    "postgresql_rate_limit_redis_item_cpu_us_per_request": "PostgreSQL item by id, rate limited in Redis, server CPU per request (µs)",
+    "rate_limit_redis_item_ratio": "PostgreSQL item by id, rate limited in Redis / without",
 }
 # The process benchmark: each way of serving, and what a second process adds.
 PROCESS_MODELS = {

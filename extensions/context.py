@@ -1141,6 +1141,7 @@ def _derive(answers: Answers) -> dict[str, Any]:
             *(["db"] if flags["on_server"] else []),
             *(["broker"] if flags["has_queue"] else []),
             *(["cache"] if flags["cache_in_redis"] else []),
+            *(["ratelimit"] if flags["ratelimit_in_redis"] else []),
         ],
         # What mypy checks (the generated pyproject.toml's [tool.mypy] files).
         "typed_packages": ["app", "tests", *(["migrations"] if has_db else [])],
