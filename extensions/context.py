@@ -1116,7 +1116,8 @@ def _derive(answers: Answers) -> dict[str, Any]:
         # while the service stays ready (a Redis it works without).
         "check_states": ", ".join(
             f'"{state}"'
-            for state in ["ok", "unavailable", "degraded"][: 3 if flags["may_degrade"] else 2]
+            for state in ["ok", "unavailable"]
+            + (["degraded"] if flags["may_degrade"] else [])
         ),
         "ratelimit_tests": f"template/_partials/ratelimit/{answers.rate_limit}/"
         "tests.py.jinja",

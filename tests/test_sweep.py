@@ -71,6 +71,9 @@ DEPLOYMENT_VALIDATORS = {
     ],
 }
 OPTIONAL_DEPLOYMENT_FILES = {"compose.dev.yaml"}
+# Settings kept in the Kubernetes Secret that the service works without: a Redis it
+# leaves out while down (the cache's, the rate limits').
+WORKS_WITHOUT = {"CACHE_URL", "RATE_LIMIT_URL"}
 _validated: set[tuple[str, str]] = set()
 
 
@@ -651,7 +654,10 @@ def check_kubernetes(
             }
             secret = container["envFrom"][1]["secretRef"]
             assert secret["name"] == f"{slug}-secrets"
-            assert secret.get("optional", False) != any(required.values())
+            # A Redis the service works without (the cache's, the rate limits') is
+            # in the Secret but does not make it required.
+            needed = [v for k, v in required.items() if k not in WORKS_WITHOUT]
+            assert secret.get("optional", False) != any(needed)
             mounts = {m["mountPath"] for m in container["volumeMounts"]}
             assert mounts == {"/tmp", *(["/tmp/prometheus"] if metrics else [])}, key
             multiprocess = {e["name"]: e["value"] for e in container.get("env", [])}
