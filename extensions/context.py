@@ -548,6 +548,20 @@ POINTS: dict[str, str] = {
     "kubernetes": "kubernetes.yaml.jinja",
 }
 
+# What an option with a Redis of its own (the cache's, the rate limits') adds: its
+# settings and /ready check, the server in compose, the generated CI and the
+# Kubernetes Secret, the README and the suite's fixtures.
+REDIS_SERVICE_POINTS = (
+    "settings",
+    "readiness",
+    "env_example",
+    "compose",
+    "ci",
+    "kubernetes",
+    "readme",
+    "conftest",
+)
+
 # In the order their code appears at every point.
 OPTIONS: tuple[Option, ...] = (
     # Every service refuses request bodies over MAX_REQUEST_BODY_BYTES.
@@ -705,16 +719,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "cache/redis",
         "cache_in_redis",
-        (
-            "settings",
-            "readiness",
-            "env_example",
-            "compose",
-            "ci",
-            "kubernetes",
-            "readme",
-            "conftest",
-        ),
+        REDIS_SERVICE_POINTS,
     ),
     # Rate limits (inside the metrics' and the tracing's middleware, so a 429 is
     # counted and traced): what both kinds count, then each kind's own.
@@ -739,16 +744,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "ratelimit/redis",
         "ratelimit_in_redis",
-        (
-            "settings",
-            "readiness",
-            "env_example",
-            "compose",
-            "ci",
-            "kubernetes",
-            "readme",
-            "conftest",
-        ),
+        REDIS_SERVICE_POINTS,
     ),
 )
 
