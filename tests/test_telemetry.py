@@ -267,7 +267,12 @@ def test_traces_of_a_served_render_reach_an_otlp_receiver(copie: Any) -> None:
 
 
 WORKERS = {
-    "celery": ["celery", "-A", "app.worker", "worker", "--pool=solo"],
+    # A node name of its own: two Celery workers called celery@<host> on one
+    # RabbitMQ (another test's, at the same time) fight over its control queue.
+    "celery": [
+        *("celery", "-A", "app.worker", "worker", "--pool=solo"),
+        *("--hostname", f"telemetry-{uuid.uuid4().hex[:8]}@%h"),
+    ],
     "taskiq": ["taskiq", "worker", "app.worker:broker", "--workers", "1"],
 }
 

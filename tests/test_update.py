@@ -430,7 +430,12 @@ def test_switching_auth_on_gives_a_working_service_on_a_fresh_database(
 # drained queue is not deleted), so their names must not clash.
 WORKERS = {
     "taskiq": ["-m", "taskiq", "worker", "app.worker:broker", "--workers", "1"],
-    "celery": ["-m", "celery", "-A", "app.worker", "worker", "--pool=solo"],
+    # A node name of its own: two Celery workers called celery@<host> on one
+    # RabbitMQ (another test's, at the same time) fight over its control queue.
+    "celery": [
+        *("-m", "celery", "-A", "app.worker", "worker", "--pool=solo"),
+        *("--hostname", f"update-{uuid.uuid4().hex[:8]}@%h"),
+    ],
 }
 JOB_WAIT_SECONDS = 30
 # Deletes what either tool, of this release or an earlier one, made for JOB_QUEUE;
