@@ -502,6 +502,9 @@ POINTS: dict[str, str] = {
     # 500 (`exc` is the error); `fields()` of every error body; `descriptions()`
     # of the statuses it adds to the OpenAPI schema (ERROR_DESCRIPTIONS).
     "errors": "errors.py.jinja",
+    # The cache of item reads: `hit()` and `miss()` where a read finds a value or
+    # none, `failed()` where a call to its server fails.
+    "cache": "cache.py.jinja",
     # Jobs, wherever they run: `decorators()` of the function that does a job's work
     # (given the job and the settings), `retried()` where an attempt failed and is
     # tried again, `queued()` once a job was handed over.
@@ -721,6 +724,8 @@ OPTIONS: tuple[Option, ...] = (
         "cache_in_redis",
         REDIS_SERVICE_POINTS,
     ),
+    # The cache's reads and failures, counted for Prometheus.
+    Option("metrics/cache", "metrics_on_cache", ("cache", "readme")),
     # Rate limits (inside the metrics' and the tracing's middleware, so a 429 is
     # counted and traced): what both kinds count, then each kind's own.
     Option(
@@ -1019,6 +1024,7 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "has_offline_docs": answers.offline_docs,
         # Item reads cached (a database is required): in memory, or in Redis.
         "has_cache": answers.cache != "none" and has_db,
+        "metrics_on_cache": answers.metrics and answers.cache != "none" and has_db,
         "cache_in_memory": answers.cache == "memory" and has_db,
         "cache_in_redis": answers.cache == "redis" and has_db,
         # Requests limited per client: counted in memory, or in Redis; the strict
