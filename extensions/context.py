@@ -502,8 +502,9 @@ POINTS: dict[str, str] = {
     # 500 (`exc` is the error); `fields()` of every error body; `descriptions()`
     # of the statuses it adds to the OpenAPI schema (ERROR_DESCRIPTIONS).
     "errors": "errors.py.jinja",
-    # The cache of item reads: `hit()` and `miss()` where a read finds a value or
-    # none, `failed()` where a call to its server fails.
+    # The cache of item reads: `hit()` where a read finds a value, `miss()` where it
+    # finds none (a line deeper, in the branch that returns None), `failed()` where
+    # a call to its server fails.
     "cache": "cache.py.jinja",
     # Jobs, wherever they run: `decorators()` of the function that does a job's work
     # (given the job and the settings), `retried()` where an attempt failed and is

@@ -565,7 +565,7 @@ def test_image_command_serves_from_web_concurrency_processes_and_stops_them_all(
 @pytest.fixture(scope="module")
 def redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """The default answers with item reads cached and rate limits counted in Redis,
-    on PostgreSQL."""
+    and metrics, on PostgreSQL."""
     project = render(
         tmp_path_factory.mktemp("redis") / "service",
         {
@@ -573,6 +573,7 @@ def redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]
             "background_tasks": "none",
             "cache": "redis",
             "rate_limit": "redis",
+            "metrics": "true",
         },
     )
     with installed(project, "postgresql") as service:
@@ -600,16 +601,26 @@ def rename_item(service: Service, item_id: int, name: str) -> None:
     )
 
 
+def scraped(base: str, name: str) -> dict[str, float]:
+    """The samples of one metric on the service's /metrics page, by their labels."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
+        page = response.read().decode()
+    found = re.findall(rf"^{name}(\{{.*?\}})? (\S+)$", page, re.MULTILINE)
+    return {labels: float(value) for labels, value in found}
+
+
 def test_cache_shared_by_two_processes_is_never_stale_and_outlives_redis(
-    redis_service: Service,
+    redis_service: Service, tmp_path: Path
 ) -> None:
     redis = Proxy(6379)
     redis.start()
     prefix = f"reliability-{secrets.token_hex(4)}:"
     env = redis_service.env | {
         "WEB_CONCURRENCY": "2",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
         "CACHE_URL": f"redis://127.0.0.1:{redis.port}/0",
         "CACHE_PREFIX": prefix,
+        "CACHE_RETRY_SECONDS": "1",
         # The rate limits out of the way, on the Redis that stays up.
         "RATE_LIMIT_URL": "redis://127.0.0.1:6379/4",
         "RATE_LIMIT_PREFIX": prefix + "limits:",
@@ -646,6 +657,12 @@ def test_cache_shared_by_two_processes_is_never_stale_and_outlives_redis(
         rename_item(redis_service, item_id, "read during the outage")
         during_outage = names()
         ready = call("GET", f"{base}/ready")
+        redis.start()
+        time.sleep(1.5)  # past CACHE_RETRY_SECONDS: both processes ask Redis again
+        # The copy Redis kept through the outage, not the row renamed meanwhile.
+        after_outage = names()
+        reads = scraped(base, "cache_reads_total")
+        failures = scraped(base, "cache_failures_total")
 
     assert first == "first"
     assert len(kept) == 1
@@ -661,6 +678,14 @@ def test_cache_shared_by_two_processes_is_never_stale_and_outlives_redis(
         "rate_limits": "ok",
     }
     assert "The cache is not available" in logged[0]
+    assert after_outage == {"second"}
+    assert "The cache answers again" in logged[0]
+    # Summed over both processes: every read Redis answered counted, a hit or a
+    # miss (the first read, at least one after the write); none during the outage.
+    hits, misses = reads['{result="hit"}'], reads['{result="miss"}']
+    assert hits + misses == 1 + 16 * 3
+    assert hits >= 16 * 2
+    assert failures[""] >= 1
     assert "Traceback" not in logged[0]
 
 
