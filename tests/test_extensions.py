@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -338,3 +339,16 @@ def test_every_option_file_is_a_contribution_some_option_lists() -> None:
         if path.name in point_files
     }
     assert found <= listed, found - listed
+
+
+@pytest.mark.parametrize(
+    ("cache", "ratio"), [("memory", "cache_memory"), ("redis", "cache")]
+)
+def test_readme_cache_cost_is_the_serve_benchmarks(cache: str, ratio: str) -> None:
+    # The generated README quotes the benchmark; measuring again must update it.
+    serve = json.loads((ROOT / "bench" / "results" / "serve.json").read_text())
+    measured = serve["figures"][f"{ratio}_item_ratio"]
+
+    quoted = context.derive({**DEFAULTS, "cache": cache})["cache_cost"]
+
+    assert quoted == f"{measured:.1f} times"
