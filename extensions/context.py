@@ -62,6 +62,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "keys_deps": "app.dependencies",
         "cli": "app.cli",
         "jobs_deps": "app.dependencies",
+        "jobs_events_deps": "app.dependencies",
         "health_routes": "app.main",
     },
     "medium": {
@@ -92,6 +93,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "keys_deps": "app.auth.dependencies",
         "cli": "app.cli",
         "jobs_deps": "app.jobs.dependencies",
+        "jobs_events_deps": "app.jobs.dependencies",
         "health_routes": "app.health.router",
     },
     "large": {
@@ -122,6 +124,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "keys_deps": "app.api.deps",
         "cli": "app.cli",
         "jobs_deps": "app.api.deps",
+        "jobs_events_deps": "app.api.deps",
         "health_routes": "app.api.health",
         "api_router": "app.api.v1.router",
     },
@@ -183,9 +186,9 @@ def module_map(layout: str) -> dict[str, str]:
             )
         for part, place in zip(_FEATURE_PARTS, places, strict=True):
             mod[f"{name}_{part}"] = place
-    # A job's work lives beside the job service, and so do its measures and spans
-    # (the job model is theirs to know, not the core's).
-    for concept in ("jobs_work", "metrics_jobs", "tracing_jobs"):
+    # A job's work lives beside the job service, and so do its measures, its spans
+    # and its events (the job model is theirs to know, not the core's).
+    for concept in ("jobs_work", "metrics_jobs", "tracing_jobs", "jobs_events"):
         mod[concept] = mod["jobs_service"]
     return mod
 
@@ -220,6 +223,7 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
     ("items_repository", "has_db"),
     ("items_service", "has_db"),
     ("jobs_repository", "has_jobs"),
+    ("jobs_events", "has_jobs"),
     ("metrics_jobs", "metrics_on_jobs"),
     ("tracing_jobs", "tracing_on_jobs"),
     ("jobs_service", "has_jobs"),
@@ -229,6 +233,7 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
     ("auth_deps", "has_jwt"),
     ("keys_deps", "has_api_key"),
     ("jobs_deps", "jobs_in_store"),
+    ("jobs_events_deps", "has_jobs"),
     ("main", "always"),
     ("health_routes", "always"),
     ("auth_routes", "has_jwt"),
@@ -294,6 +299,13 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     # Without a database, the job store's dependency: one store per process, or
     # the Redis store the lifespan opened.
     "jobs_deps": ("job_storage", {"memory": "memory", "redis": "redis"}),
+    # A job's states, passed to who follows it: in the API process (BackgroundTasks
+    # run jobs there), over Redis pub/sub from the workers, or (RabbitMQ carries only
+    # the jobs) read again from the database.
+    "jobs_events": (
+        "job_events",
+        {"memory": "memory", "redis": "redis", "rabbitmq": "reads"},
+    ),
     # Jobs are kept in the database, or in a store (memory, Redis).
     "jobs_service": (
         "job_storage",
@@ -629,6 +641,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("celery", "is_celery", ("settings", "env_example", "readme", "conftest")),
     Option("jobstore", "jobs_in_redis", ("settings", "lifespan", "env_example")),
+    # A job's progress, followed live: the settings, and the feed the lifespan opens.
+    Option(
+        "jobs/events",
+        "has_jobs",
+        ("settings", "lifespan", "env_example", "readme", "conftest"),
+    ),
     # The suite's job store without a database, whether the app's is Redis or memory.
     Option("jobstore", "jobs_in_store", ("conftest",)),
     Option("taskiq", "is_taskiq", ("lifespan", "readme", "conftest")),
@@ -978,6 +996,9 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "jobs_in_memory": background == "fastapi" and not has_db,
         "jobs_in_redis": background in {"celery", "taskiq"} and not has_db,
         "jobs_in_store": background != "none" and not has_db,
+        # A job's progress, followed live: passed on in the API process, or over
+        # the broker's Redis; with RabbitMQ, read again from the database.
+        "job_events_in_redis": background in {"celery", "taskiq"} and broker == "redis",
         "is_sqlalchemy": db_library == "sqlalchemy",
         "is_sqlmodel": db_library == "sqlmodel",
         "on_sqlite": has_db and db_engine == "sqlite",
@@ -988,11 +1009,7 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "celery_on_rabbitmq": background == "celery" and broker == "rabbitmq",
         "taskiq_on_redis": background == "taskiq" and broker == "redis",
         "taskiq_on_rabbitmq": background == "taskiq" and broker == "rabbitmq",
-        "uses_redis_client": (
-            background in {"celery", "taskiq"}
-            and broker == "redis"
-            and (background == "taskiq" or not has_db)
-        )
+        "uses_redis_client": (background in {"celery", "taskiq"} and broker == "redis")
         or (answers.cache == "redis" and has_db)
         or answers.rate_limit == "redis",
         # /ready has dependencies to check: the database, the broker, the Redis of
@@ -1045,6 +1062,7 @@ def _derive(answers: Answers) -> dict[str, Any]:
     values = {
         "db_library": db_library,
         "job_storage": job_storage,
+        "job_events": "memory" if background == "fastapi" else broker,
         "background": background,
         "cache": answers.cache,
         "rate_limit": answers.rate_limit,
