@@ -1127,6 +1127,20 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "cache_cost": {"memory": "2.2 times", "redis": "1.6 times"}.get(
             answers.cache if has_db else "none", ""
         ),
+        # How a job's changes reach its followers, in the README's words.
+        "job_events_label": {
+            "memory": "from the API process that runs the job (`BackgroundTasks`); a "
+            "follower connected to another server process sees it at its next refresh",
+            "redis": "over Redis pub/sub, on a channel per job on the broker's Redis, "
+            "from the worker that runs the job to every API process",
+            "rabbitmq": "at the follower's next refresh: RabbitMQ carries the jobs, not "
+            "their states, so the API reads the job's state from the database again",
+        }.get(values["job_events"] if flags["has_jobs"] else "", ""),
+        # A credential header in the README's examples, for the auth answered.
+        "auth_example": {
+            "jwt": " -H 'Authorization: Bearer <token>'",
+            "api_key": " -H 'X-API-Key: <key>'",
+        }.get(auth, ""),
         # Where the rate limits are counted, who a client is, and the strict limit
         # on signing in, in the README's words.
         "ratelimit_label": {
