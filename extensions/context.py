@@ -300,11 +300,11 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     # the Redis store the lifespan opened.
     "jobs_deps": ("job_storage", {"memory": "memory", "redis": "redis"}),
     # A job's states, passed to who follows it: in the API process (BackgroundTasks
-    # run jobs there), over Redis pub/sub from the workers, or (RabbitMQ carries only
-    # the jobs) read again from the database.
+    # run jobs there), or from the workers over the broker: Redis pub/sub, or a
+    # RabbitMQ topic exchange.
     "jobs_events": (
         "job_events",
-        {"memory": "memory", "redis": "redis", "rabbitmq": "reads"},
+        {"memory": "memory", "redis": "redis", "rabbitmq": "rabbitmq"},
     ),
     # Jobs are kept in the database, or in a store (memory, Redis).
     "jobs_service": (
@@ -809,7 +809,8 @@ RUNTIME_DEPENDENCIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("on_mysql", ("aiomysql[rsa]>=0.3.2",)),
     ("has_jwt", ("pyjwt>=2.15.0", "pwdlib[argon2]>=0.3.0")),
     ("celery_on_redis", ("celery[redis]>=5.7.0",)),
-    ("celery_on_rabbitmq", ("celery>=5.7.0",)),
+    # aio-pika: the job events' publisher and consumers, on the event loop.
+    ("celery_on_rabbitmq", ("celery>=5.7.0", "aio-pika>=10.0.0")),
     ("is_taskiq", ("taskiq>=0.13.0", "taskiq-fastapi>=0.5.0")),
     ("taskiq_on_redis", ("taskiq-redis>=1.2.0",)),
     ("taskiq_on_rabbitmq", ("taskiq-aio-pika>=0.6.0", "aio-pika>=10.0.0")),
@@ -997,8 +998,10 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "jobs_in_redis": background in {"celery", "taskiq"} and not has_db,
         "jobs_in_store": background != "none" and not has_db,
         # A job's progress, followed live: passed on in the API process, or over
-        # the broker's Redis; with RabbitMQ, read again from the database.
+        # the broker (Redis pub/sub, a RabbitMQ topic exchange).
         "job_events_in_redis": background in {"celery", "taskiq"} and broker == "redis",
+        "job_events_in_rabbitmq": background in {"celery", "taskiq"}
+        and broker == "rabbitmq",
         "is_sqlalchemy": db_library == "sqlalchemy",
         "is_sqlmodel": db_library == "sqlmodel",
         "on_sqlite": has_db and db_engine == "sqlite",
@@ -1133,8 +1136,9 @@ def _derive(answers: Answers) -> dict[str, Any]:
             "follower connected to another server process sees it at its next refresh",
             "redis": "over Redis pub/sub, on a channel per job on the broker's Redis, "
             "from the worker that runs the job to every API process",
-            "rabbitmq": "at the follower's next refresh: RabbitMQ carries the jobs, not "
-            "their states, so the API reads the job's state from the database again",
+            "rabbitmq": "through RabbitMQ, on the topic exchange `<JOB_QUEUE>.events` "
+            "routed by the job's id, from the worker that runs the job to every API "
+            "process",
         }.get(values["job_events"] if flags["has_jobs"] else "", ""),
         # A credential header in the README's examples, for the auth answered.
         "auth_example": {
