@@ -227,8 +227,12 @@ def fuzz_served(project: Path, answers: dict[str, str], env: dict[str, str]) -> 
         base = f"http://127.0.0.1:{port}"
         wait_until_serving(base, server)
         headers |= sign_in(base, answers)
-        command = [str(Path(sys.executable).parent / "schemathesis"), "run"]
-        command += [f"{base}/openapi.json", *FUZZ]
+        # A job's event stream ends when the job does, and no worker runs here: the
+        # first event is enough to check, where the default reads it for 10 seconds.
+        config = project / "schemathesis.toml"
+        config.write_text("max-stream-events = 1\n")
+        command = [str(Path(sys.executable).parent / "schemathesis")]
+        command += ["--config-file", str(config), "run", f"{base}/openapi.json", *FUZZ]
         command += [f"--header={name}: {value}" for name, value in headers.items()]
         completed = subprocess.run(
             command,
