@@ -641,17 +641,17 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("celery", "is_celery", ("settings", "env_example", "readme", "conftest")),
     Option("jobstore", "jobs_in_redis", ("settings", "lifespan", "env_example")),
+    # The suite's job store without a database, whether the app's is Redis or memory.
+    Option("jobstore", "jobs_in_store", ("conftest",)),
+    Option("taskiq", "is_taskiq", ("lifespan", "readme", "conftest")),
+    # Tasks in the suite use the test's database sessions.
+    Option("taskiq/db", "taskiq_on_db", ("conftest",)),
     # A job's progress, followed live: the settings, and the feed the lifespan opens.
     Option(
         "jobs/events",
         "has_jobs",
         ("settings", "lifespan", "env_example", "readme", "conftest"),
     ),
-    # The suite's job store without a database, whether the app's is Redis or memory.
-    Option("jobstore", "jobs_in_store", ("conftest",)),
-    Option("taskiq", "is_taskiq", ("lifespan", "readme", "conftest")),
-    # Tasks in the suite use the test's database sessions.
-    Option("taskiq/db", "taskiq_on_db", ("conftest",)),
     Option(
         "auth",
         "has_jwt",
