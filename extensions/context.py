@@ -57,6 +57,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "session_dep": "app.db",
         "pagination": "app.schemas",
         "security": "app.security",
+        "scopes": "app.scopes",
         "auth_deps": "app.dependencies",
         "worker": "app.worker",
         "keys_deps": "app.dependencies",
@@ -88,6 +89,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "session_dep": "app.core.db",
         "pagination": "app.core.pagination",
         "security": "app.core.security",
+        "scopes": "app.core.scopes",
         "auth_deps": "app.auth.dependencies",
         "worker": "app.worker",
         "keys_deps": "app.auth.dependencies",
@@ -119,6 +121,7 @@ _SHARED_MODULES: dict[str, dict[str, str]] = {
         "session_dep": "app.api.deps",
         "pagination": "app.schemas.pagination",
         "security": "app.core.security",
+        "scopes": "app.core.scopes",
         "auth_deps": "app.api.deps",
         "worker": "app.worker",
         "keys_deps": "app.api.deps",
@@ -206,6 +209,7 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
     ("db_session", "has_db"),
     ("session_dep", "has_db"),
     ("pagination", "has_db"),
+    ("scopes", "has_auth"),
     ("security", "has_jwt"),
     ("users_models", "has_jwt"),
     ("auth_models", "has_jwt"),
@@ -359,17 +363,51 @@ def summary(answers: Answers, flags: Mapping[str, bool]) -> str:
 
 def feature_errors(flags: Mapping[str, bool]) -> dict[str, list[int]]:
     """The error statuses every route of each feature may answer with."""
-    guarded = [401] if flags["has_auth"] else []
+    # A credential may be refused (401), or lack the route's scope (403).
+    guarded = [401, 403] if flags["has_auth"] else []
     jobs_on_server = flags["has_db"] or flags["has_queue"]
     # Every API route is rate limited (the health routes are not).
     limited = [429] if flags["has_rate_limit"] else []
     return {
         "health": [],
         "auth": [503, *limited],
-        "users": [401, 503, *limited],
+        "users": [401, 403, 503, *limited],
         "items": [*guarded, 503, *limited],
         "jobs": [*guarded, *([503] if jobs_on_server else []), *limited],
     }
+
+
+class Scope(NamedTuple):
+    """A scope a credential may carry: its name, its constant in the generated scopes
+    module, the alias the JWT routes name a user who has it by, the flag that brings
+    it in, and what it allows (the OpenAPI schema shows it in /docs)."""
+
+    name: str
+    constant: str
+    user: str
+    flag: str
+    description: str
+
+
+# The scope vocabulary, `<feature>:<action>`: a feature's routes need its scopes.
+SCOPES: tuple[Scope, ...] = (
+    Scope("items:read", "ITEMS_READ", "ItemReader", "has_db", "Read your items"),
+    Scope(
+        "items:write",
+        "ITEMS_WRITE",
+        "ItemWriter",
+        "has_db",
+        "Create, change and delete your items",
+    ),
+    Scope("jobs:read", "JOBS_READ", "JobReader", "has_jobs", "Read and follow your jobs"),
+    Scope("jobs:write", "JOBS_WRITE", "JobWriter", "has_jobs", "Start jobs"),
+    Scope("users:admin", "USERS_ADMIN", "AdminUser", "has_jwt", "List every user"),
+)
+
+
+def credential_scopes(flags: Mapping[str, bool]) -> list[Scope]:
+    """The scopes a credential may carry, for the features the answers bring in."""
+    return [s for s in SCOPES if flags["has_auth"] and flags[s.flag]]
 
 
 class Router(NamedTuple):
@@ -411,7 +449,6 @@ def routers(layout: str, features: list[str]) -> list[Router]:
 # A route that reads a request body may also answer these: a malformed body, one
 # over MAX_REQUEST_BODY_BYTES, and one the request model refuses.
 BODY_ERRORS = (400, 413, 422)
-REQUIRE_API_KEY = "dependencies=[Depends(require_api_key)]"
 
 
 def _responses(codes: Sequence[int], ok: str = "") -> list[str]:
@@ -432,39 +469,61 @@ def route_arguments(
     errors: Sequence[int] = (),
     body: bool = False,
     ok: str = "",
+    scope: str = "",
 ) -> list[str]:
     """The arguments of a route's decorator. In the small layout, routes are declared
     on the app and carry what a router carries otherwise: the feature's prefix and
-    tag, the API key it requires and the errors all its routes answer with."""
+    tag and the errors all its routes answer with. With API keys, a route needs a
+    key that carries its ``scope`` (the constant's name), checked by a dependency
+    here; with JWT, the user parameter asks for it (user_parameter())."""
     codes = [*errors, *(BODY_ERRORS if body else ())]
     extra = [args] if args else []
     if context["layout"] == "small":
         path = ("" if feature == "health" else f"/api/v1/{feature}") + path
         extra = [f'tags=["{feature}"]', *extra]
-        if feature in context["key_protected"]:
-            extra.append(REQUIRE_API_KEY)
         codes = [*context["feature_errors"][feature], *codes]
+    if scope and context["has_api_key"]:
+        extra.append(f"dependencies=[Security(require_api_key, scopes=[{scope}])]")
     return [json.dumps(path), *extra, *_responses(sorted(set(codes)), ok)]
+
+
+@pass_context
+def user_parameter(context: Context, scope: str) -> str:
+    """A JWT route's user parameter (a line of its signature), typed by the alias
+    that asks for ``scope``; nothing without JWT."""
+    if not context["has_jwt"]:
+        return ""
+    (alias,) = [s["user"] for s in context["credential_scopes"] if s["constant"] == scope]
+    return f"    user: {alias},\n"
 
 
 @pass_context
 def router_arguments(context: Context, feature: str) -> list[str]:
     """The arguments of a feature's APIRouter (the medium and large layouts)."""
     prefix = [] if feature == "health" else [f'prefix="/{feature}"']
-    key = [REQUIRE_API_KEY] if feature in context["key_protected"] else []
     errors = context["feature_errors"][feature]
-    return [*prefix, f'tags=["{feature}"]', *key, *_responses(errors)]
+    return [*prefix, f'tags=["{feature}"]', *_responses(errors)]
 
 
 @pass_context
 def route_imports(context: Context, feature: str) -> str:
-    """What a feature's route declarations import (the `pymodule` filter sorts it)."""
+    """What a feature's route declarations import (the `pymodule` filter sorts it):
+    what asks for its scopes (JWT's aliases of users, or the API key's dependency
+    and the scopes' names), and the error responses."""
     mod = context["mod"]
+    scopes = [
+        s for s in context["credential_scopes"] if s["name"].startswith(f"{feature}:")
+    ]
     lines = []
-    if feature in context["key_protected"]:
+    if scopes and context["has_jwt"]:
+        names = ", ".join(s["user"] for s in scopes)
+        lines.append(f"from {mod['auth_deps']} import {names}")
+    if scopes and context["has_api_key"]:
+        names = ", ".join(s["constant"] for s in scopes)
         lines += [
-            "from fastapi import Depends",
+            "from fastapi import Security",
             f"from {mod['keys_deps']} import require_api_key",
+            f"from {mod['scopes']} import {names}",
         ]
     if feature != "health":
         lines.append(f"from {mod['errors']} import error_responses")
@@ -982,6 +1041,9 @@ def _derive(answers: Answers) -> dict[str, Any]:
         # API keys live in a table with a database, in settings (API_KEYS) without.
         "api_keys_in_db": auth == "api_key" and has_db,
         "api_keys_in_settings": auth == "api_key" and not has_db,
+        # Credentials kept in the database, whose rows name their scopes: refresh
+        # tokens (JWT) or API keys.
+        "scopes_in_db": auth == "jwt" or (auth == "api_key" and has_db),
         # `python -m app.cli`: creating the first admin, or managing API keys.
         "has_cli": auth == "jwt" or (auth == "api_key" and has_db),
         "has_jobs": background != "none",
@@ -1226,6 +1288,14 @@ def _derive(answers: Answers) -> dict[str, Any]:
             if background == "celery"
             else ["python", "-m", "app.worker"]
         ),
+        # The scopes migration: the table it adds them to, and the head it follows
+        # (the keys and progress branches' merge, the keys, the progress, items).
+        "scopes_table": "api_keys" if flags["has_api_key"] else "refresh_tokens",
+        "scopes_down_revision": (
+            ("0006" if flags["jobs_in_db"] else "0004")
+            if flags["api_keys_in_db"]
+            else ("0005" if flags["jobs_in_db"] else "0002")
+        ),
         # The items migration follows the users' (JWT) or starts the history.
         "items_down_revision": "0001" if flags["has_jwt"] else None,
         # How migrations spell the column type of UTCDateTime, and what it imports.
@@ -1263,8 +1333,8 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "point_files": POINTS,
         "summary": summary(answers, flags),
         "routers": routers(layout, features),
-        # The features whose routes need an API key.
-        "key_protected": ["items", "jobs"] if flags["has_api_key"] else [],
+        # The scopes a credential may carry (the generated scopes module's).
+        "credential_scopes": [s._asdict() for s in credential_scopes(flags)],
         # The errors every route of a feature may answer with (each route adds its
         # own): 401 where credentials are needed, 503 where a server is.
         "feature_errors": feature_errors(flags),
@@ -1299,6 +1369,7 @@ class ContextUpdater(ContextHook):
             route_arguments=route_arguments,
             router_arguments=router_arguments,
             route_imports=route_imports,
+            user_parameter=user_parameter,
             cluster_settings=cluster_settings,
         )
 
