@@ -399,9 +399,70 @@ SCOPES: tuple[Scope, ...] = (
         "has_db",
         "Create, change and delete your items",
     ),
-    Scope("jobs:read", "JOBS_READ", "JobReader", "has_jobs", "Read and follow your jobs"),
+    Scope(
+        "jobs:read", "JOBS_READ", "JobReader", "has_jobs", "Read and follow your jobs"
+    ),
     Scope("jobs:write", "JOBS_WRITE", "JobWriter", "has_jobs", "Start jobs"),
     Scope("users:admin", "USERS_ADMIN", "AdminUser", "has_jwt", "List every user"),
+)
+
+
+class ScopedRoute(NamedTuple):
+    """A route that needs a scope, as the generated tests call it: its method, its
+    path in the OpenAPI schema and as called (an unknown id), the JSON body sent,
+    the scope's constant, and what a credential that has the scope gets."""
+
+    method: str
+    template: str
+    path: str
+    body: str
+    scope: str
+    admitted: int
+
+
+_JOB = "00000000-0000-4000-8000-000000000000"
+SCOPED_ROUTES: tuple[tuple[str, ScopedRoute], ...] = (
+    ("has_db", ScopedRoute("GET", "/items", "/items", "None", "ITEMS_READ", 200)),
+    (
+        "has_db",
+        ScopedRoute("GET", "/items/export", "/items/export", "None", "ITEMS_READ", 200),
+    ),
+    (
+        "has_db",
+        ScopedRoute(
+            "GET", "/items/{item_id}", "/items/999999", "None", "ITEMS_READ", 404
+        ),
+    ),
+    ("has_db", ScopedRoute("POST", "/items", "/items", "{}", "ITEMS_WRITE", 422)),
+    (
+        "has_db",
+        ScopedRoute(
+            "PATCH", "/items/{item_id}", "/items/999999", "{}", "ITEMS_WRITE", 404
+        ),
+    ),
+    (
+        "has_db",
+        ScopedRoute(
+            "DELETE", "/items/{item_id}", "/items/999999", "None", "ITEMS_WRITE", 404
+        ),
+    ),
+    ("has_jobs", ScopedRoute("POST", "/jobs", "/jobs", "{}", "JOBS_WRITE", 422)),
+    (
+        "has_jobs",
+        ScopedRoute("GET", "/jobs/{job_id}", f"/jobs/{_JOB}", "None", "JOBS_READ", 404),
+    ),
+    (
+        "has_jobs",
+        ScopedRoute(
+            "GET",
+            "/jobs/{job_id}/events",
+            f"/jobs/{_JOB}/events",
+            "None",
+            "JOBS_READ",
+            404,
+        ),
+    ),
+    ("has_jwt", ScopedRoute("GET", "/users", "/users", "None", "USERS_ADMIN", 200)),
 )
 
 
@@ -493,7 +554,9 @@ def user_parameter(context: Context, scope: str) -> str:
     that asks for ``scope``; nothing without JWT."""
     if not context["has_jwt"]:
         return ""
-    (alias,) = [s["user"] for s in context["credential_scopes"] if s["constant"] == scope]
+    (alias,) = [
+        s["user"] for s in context["credential_scopes"] if s["constant"] == scope
+    ]
     return f"    user: {alias},\n"
 
 
@@ -1333,8 +1396,18 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "point_files": POINTS,
         "summary": summary(answers, flags),
         "routers": routers(layout, features),
-        # The scopes a credential may carry (the generated scopes module's).
+        # The scopes a credential may carry (the generated scopes module's), and
+        # the routes that need one (the generated tests/test_scopes.py calls each).
         "credential_scopes": [s._asdict() for s in credential_scopes(flags)],
+        "scoped_routes": [
+            route._asdict()
+            for flag, route in SCOPED_ROUTES
+            if flags["has_auth"] and flags[flag]
+        ],
+        # What tests/test_scopes.py does for each kind of credential.
+        "scopes_tests": "template/_partials/scopes/tests."
+        + ("jwt" if auth == "jwt" else "db" if has_db else "listed")
+        + ".jinja",
         # The errors every route of a feature may answer with (each route adds its
         # own): 401 where credentials are needed, 503 where a server is.
         "feature_errors": feature_errors(flags),

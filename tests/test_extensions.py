@@ -120,27 +120,47 @@ def _render_call(expression: str, answers: dict[str, str]) -> str:
     return environment.from_string(expression).render(values)
 
 
-def test_a_route_on_the_app_carries_its_features_prefix_key_and_errors() -> None:
+def test_a_route_on_the_app_carries_its_features_prefix_scope_and_errors() -> None:
     answers = {"project_size": "small", "auth": "api_key"}
     rendered = _render_call(
-        '{{ route_arguments("items", "/{item_id}", errors=[404], body=true) }}', answers
+        '{{ route_arguments("items", "/{item_id}", errors=[404], body=true, '
+        'scope="ITEMS_WRITE") }}',
+        answers,
     )
     assert rendered == (
         "['\"/api/v1/items/{item_id}\"', 'tags=[\"items\"]', "
-        "'dependencies=[Depends(require_api_key)]', "
-        "'responses=error_responses(400, 401, 404, 413, 422, 503)']"
+        "'dependencies=[Security(require_api_key, scopes=[ITEMS_WRITE])]', "
+        "'responses=error_responses(400, 401, 403, 404, 413, 422, 503)']"
     )
 
 
-def test_a_route_on_a_router_leaves_the_prefix_key_and_feature_errors_to_it() -> None:
+def test_a_route_on_a_router_leaves_the_prefix_and_feature_errors_to_it() -> None:
     answers = {"project_size": "medium", "auth": "api_key"}
-    route = _render_call('{{ route_arguments("items", "", errors=[422]) }}', answers)
-    assert route == "['\"\"', 'responses=error_responses(422)']"
+    route = _render_call(
+        '{{ route_arguments("items", "", errors=[422], scope="ITEMS_READ") }}', answers
+    )
+    assert route == (
+        "['\"\"', 'dependencies=[Security(require_api_key, scopes=[ITEMS_READ])]', "
+        "'responses=error_responses(422)']"
+    )
     router = _render_call('{{ router_arguments("items") }}', answers)
-    assert "dependencies=[Depends(require_api_key)]" in router
+    assert "require_api_key" not in router
     assert 'prefix="/items"' in router
-    imports = _render_call('{{ route_imports("health") }}', answers)
-    assert imports == ""
+    imports = _render_call('{{ route_imports("items") }}', answers)
+    assert "from app.core.scopes import ITEMS_READ, ITEMS_WRITE" in imports
+    assert _render_call('{{ route_imports("health") }}', answers) == ""
+
+
+def test_a_jwt_route_asks_for_its_scope_in_the_user_parameter() -> None:
+    answers = {"project_size": "medium", "auth": "jwt"}
+    route = _render_call(
+        '{{ route_arguments("items", "", scope="ITEMS_READ") }}', answers
+    )
+    assert route == "['\"\"']"
+    parameter = _render_call('{{ user_parameter("ITEMS_WRITE") }}', answers)
+    assert parameter == "    user: ItemWriter,\n"
+    imports = _render_call('{{ route_imports("items") }}', answers)
+    assert "from app.auth.dependencies import ItemReader, ItemWriter" in imports
 
 
 def test_a_route_that_documents_its_own_200_merges_it_after_the_errors() -> None:
