@@ -789,6 +789,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("keys/db", "api_keys_in_db", ("readme",)),
     Option("keys/listed", "api_keys_in_settings", ("readme",)),
+    # Scopes, whatever the credential: the README's section on them.
+    Option("scopes", "has_auth", ("readme",)),
     # Prometheus metrics: every request (the middleware is inside the body limit,
     # and sees its 413s), the database pool, and the jobs.
     Option(
@@ -1290,6 +1292,14 @@ def _derive(answers: Answers) -> dict[str, Any]:
         ),
         "ratelimit_tests": f"template/_partials/ratelimit/{answers.rate_limit}/"
         "tests.py.jinja",
+        # The scheme of the WWW-Authenticate challenges, and the routes no scope
+        # guards, in the README's words.
+        "auth_scheme": "Bearer" if auth == "jwt" else "APIKey",
+        "unscoped_label": (
+            "the probes, the docs, signing in and `/users/me`"
+            if auth == "jwt"
+            else "the probes and the docs"
+        ),
         # The header a credential comes in, and what precedes it there.
         "credential_header": "Authorization" if auth == "jwt" else "X-API-Key",
         "credential_prefix": "Bearer " if auth == "jwt" else "",
@@ -1398,7 +1408,17 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "routers": routers(layout, features),
         # The scopes a credential may carry (the generated scopes module's), and
         # the routes that need one (the generated tests/test_scopes.py calls each).
-        "credential_scopes": [s._asdict() for s in credential_scopes(flags)],
+        "credential_scopes": [
+            {
+                **scope._asdict(),
+                "routes": [
+                    f"`{route.method} /api/v1{route.template}`"
+                    for flag, route in SCOPED_ROUTES
+                    if flags[flag] and route.scope == scope.constant
+                ],
+            }
+            for scope in credential_scopes(flags)
+        ],
         "scoped_routes": [
             route._asdict()
             for flag, route in SCOPED_ROUTES

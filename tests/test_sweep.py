@@ -306,6 +306,13 @@ def check_render(answers: Answers, project: Path) -> None:
     assert ("APIKeyHeader" in code) == has_api_key
     keys_table = project / "migrations" / "versions" / "0004_api_keys.py"
     assert keys_table.exists() == (has_api_key and has_db)
+    # Every credential has scopes: the routes ask for them, the rows keep them.
+    has_auth = has_jwt or has_api_key
+    assert ("SecurityScopes" in code) == has_auth
+    assert ("insufficient_scope" in code) == has_auth
+    assert (project / "tests" / "test_scopes.py").exists() == has_auth
+    scopes_column = project / "migrations" / "versions" / "0007_scopes.py"
+    assert scopes_column.exists() == (has_jwt or (has_api_key and has_db))
     assert ("API_KEYS" in (project / ".env.example").read_text()) == (
         has_api_key and not has_db
     )

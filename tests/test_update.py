@@ -617,6 +617,117 @@ def test_switching_worker_tool_on_one_broker_keeps_jobs_running(
             run(python, "-c", REMOVE_QUEUES, BROKER_URLS[broker], queue, cwd=tmp_path)
 
 
+def post_form(url: str, form: dict[str, str]) -> tuple[int, Any]:
+    request = urllib.request.Request(url, data=urllib.parse.urlencode(form).encode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def send(method: str, url: str, headers: dict[str, str], body: object = None) -> int:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json", **headers},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+@contextmanager
+def serving(project: Path, log: Path) -> Iterator[str]:
+    """The service under uvicorn, on its own database; its base URL."""
+    port = free_port()
+    api = ["-m", "uvicorn", "app.main:app", "--port", str(port)]
+    base = f"http://127.0.0.1:{port}"
+    with started(project, api, tool_env(), log) as server:
+        deadline = time.monotonic() + JOB_WAIT_SECONDS
+        while True:
+            assert server.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the API did not start"
+            try:
+                if call("GET", base + "/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        yield base
+
+
+ADMIN_PASSWORD = "a long passphrase for the admin"
+EVERY_SCOPE = "items:read items:write jobs:read jobs:write"
+
+
+@pytest.mark.variant
+@pytest.mark.parametrize("auth", ["jwt", "api_key"])
+def test_credentials_from_before_scopes_keep_every_scope_after_an_update(
+    template: Snapshot, tmp_path: Path, auth: str
+) -> None:
+    """A service of the last release without scopes, with a user signed in (JWT) or
+    a key issued (API keys), updated: the sign-in and the key can do all they could."""
+    before = f"v{RELEASES[-1]['version']}"
+    project = generate(template, tmp_path / "service", {"auth": auth}, before)
+    sync(project)
+    commit_all(project, "Lock")
+    run(uv(), "run", "--no-sync", "alembic", "upgrade", "head", cwd=project)
+    cli = [uv(), "run", "--no-sync", "python", "-m", "app.cli"]
+    if auth == "api_key":
+        issued = run(*cli, "create-api-key", "ops", cwd=project)
+        headers = {"X-API-Key": issued.strip().splitlines()[-1]}
+    else:
+        subprocess.run(
+            [*cli, "create-admin", "admin@example.com"],
+            input=ADMIN_PASSWORD + "\n",
+            cwd=project,
+            env=tool_env(),
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        with serving(project, tmp_path / "before.log") as base:
+            status, tokens = post_form(
+                base + "/api/v1/auth/token",
+                {"username": "admin@example.com", "password": ADMIN_PASSWORD},
+            )
+        assert status == 200, tokens
+        headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+
+    update(project, template, auth=auth)
+    commit_all(project, "Scopes")
+    assert_no_conflicts(project)
+    assert (project / "migrations" / "versions" / "0007_scopes.py").exists()
+    sync(project)
+    run(uv(), "run", "--no-sync", "alembic", "upgrade", "head", cwd=project)
+
+    with serving(project, tmp_path / "after.log") as base:
+        read = send("GET", base + "/api/v1/items", headers)
+        written = send("POST", base + "/api/v1/items", headers, {"name": "kept"})
+        job = send("GET", f"{base}/api/v1/jobs/{uuid.uuid4()}", headers)
+        if auth == "jwt":
+            status, refreshed = call(
+                "POST",
+                base + "/api/v1/auth/refresh",
+                {"refresh_token": tokens["refresh_token"]},
+            )
+            assert status == 200, refreshed
+            assert refreshed["scope"] == EVERY_SCOPE + " users:admin"
+            bearer = {"Authorization": f"Bearer {refreshed['access_token']}"}
+            assert send("GET", base + "/api/v1/users", bearer) == 200
+            assert send("GET", base + "/api/v1/users", headers) == 200
+    assert (read, written, job) == (200, 201, 404)
+    if auth == "api_key":
+        listed = run(*cli, "list-api-keys", cwd=project)
+        assert listed.rstrip().endswith(f"ops  active  {EVERY_SCOPE}")
+
+
 def test_check_update_reports_the_newer_version(
     template: Snapshot, tmp_path: Path
 ) -> None:
