@@ -77,6 +77,18 @@ def first_of_each(setup: Callable[[dict[str, str]], Hashable | None]) -> set[str
 # each database (each run costs half a minute); the served fuzzing below runs in
 # every variant, deeper (on the real servers, with sequences of calls).
 CONTRACT_VARIANTS = first_of_each(contract_auth) | first_of_each(contract_engine)
+
+
+# The fuzzer also runs with a credential that may only read, in the first variant of
+# each kind of credential: every write is then refused, as the schema says (403).
+def narrow_auth(answers: dict[str, str]) -> str | None:
+    """The kind of credential, where there is one."""
+    if answers["auth"] != "api_key":
+        return None if answers["auth"] == "none" else answers["auth"]
+    return "api_key" if answers["db_library"] == "none" else "api_key_db"
+
+
+NARROW_VARIANTS = first_of_each(narrow_auth)
 # The suite runs under pytest-xdist in the first variant of each server and broker
 # pair (each xdist worker costs every variant seconds to start).
 PARALLEL_VARIANTS = first_of_each(parallel_setup)
@@ -214,6 +226,8 @@ def fuzz_served(project: Path, answers: dict[str, str], env: dict[str, str]) -> 
     if "BROKER_URL" in env:
         env["JOB_QUEUE"] = queue
     headers = credentials(project, answers, env)
+    narrow = variant_id(answers) in NARROW_VARIANTS
+    narrow_headers = read_only_credentials(project, answers, env) if narrow else {}
     port = free_port()
     server = subprocess.Popen(
         [uv(), "run", "--no-sync", "uvicorn", "app.main:app", "--port", str(port)],
@@ -227,29 +241,63 @@ def fuzz_served(project: Path, answers: dict[str, str], env: dict[str, str]) -> 
         base = f"http://127.0.0.1:{port}"
         wait_until_serving(base, server)
         headers |= sign_in(base, answers)
-        # A job's event stream ends when the job does, and no worker runs here: the
-        # first event is enough to check, where the default reads it for 10 seconds.
-        config = project / "schemathesis.toml"
-        config.write_text("max-stream-events = 1\n")
-        command = [str(Path(sys.executable).parent / "schemathesis")]
-        command += ["--config-file", str(config), "run", f"{base}/openapi.json", *FUZZ]
-        command += [f"--header={name}: {value}" for name, value in headers.items()]
-        completed = subprocess.run(
-            command,
-            cwd=project,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        runs = [schemathesis(project, base, headers)]
+        if narrow:
+            narrow_headers |= sign_in(base, answers, READ_SCOPES)
+            runs.append(schemathesis(project, base, narrow_headers))
     finally:
         server.terminate()
         _, errors = server.communicate(timeout=30)
         if "BROKER_URL" in env:
             forget_queue(project, env, queue)
-    report = completed.stdout + completed.stderr
-    assert completed.returncode == 0, f"{report[-8000:]}\nserver:\n{errors[-4000:]}"
-    assert " passed" in report
+    for completed in runs:
+        report = completed.stdout + completed.stderr
+        assert completed.returncode == 0, f"{report[-8000:]}\nserver:\n{errors[-4000:]}"
+        assert " passed" in report
+
+
+def schemathesis(
+    project: Path, base: str, headers: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """schemathesis against the served schema, sending ``headers``."""
+    # A job's event stream ends when the job does, and no worker runs here: the
+    # first event is enough to check, where the default reads it for 10 seconds.
+    config = project / "schemathesis.toml"
+    config.write_text("max-stream-events = 1\n")
+    command = [str(Path(sys.executable).parent / "schemathesis")]
+    command += ["--config-file", str(config), "run", f"{base}/openapi.json", *FUZZ]
+    command += [f"--header={name}: {value}" for name, value in headers.items()]
+    return subprocess.run(
+        command,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+# What a read-only credential carries: every read scope the variant may have.
+READ_SCOPES = ["items:read", "jobs:read"]
+
+
+def read_only_credentials(
+    project: Path, answers: dict[str, str], env: dict[str, str]
+) -> dict[str, str]:
+    """A credential that may only read (a JWT user signs in with READ_SCOPES once
+    the service is up, in sign_in)."""
+    if answers["auth"] == "api_key" and answers["db_library"] != "none":
+        cli = [uv(), "run", "--no-sync", "python", "-m", "app.cli", "create-api-key"]
+        scopes = ["--scope=items:read"]
+        if answers["background_tasks"] != "none":
+            scopes.append("--scope=jobs:read")
+        created = run(*cli, "reader", *scopes, cwd=project, env=env)
+        return {"X-API-Key": created.strip().splitlines()[-1]}
+    if answers["auth"] == "api_key":
+        key = secrets.token_urlsafe(32)
+        env["API_KEYS"] = json.dumps([*json.loads(env["API_KEYS"]), f"{key} jobs:read"])
+        return {"X-API-Key": key}
+    return {}
 
 
 def credentials(
@@ -279,12 +327,16 @@ def credentials(
     return {}
 
 
-def sign_in(base: str, answers: dict[str, str]) -> dict[str, str]:
+def sign_in(
+    base: str, answers: dict[str, str], scopes: list[str] | None = None
+) -> dict[str, str]:
+    """A JWT admin's headers: every scope, or ``scopes``."""
     if answers["auth"] != "jwt":
         return {}
-    form = urllib.parse.urlencode(
-        {"username": "fuzz@example.com", "password": PASSWORD}
-    )
+    fields = {"username": "fuzz@example.com", "password": PASSWORD}
+    if scopes is not None:
+        fields["scope"] = " ".join(scopes)
+    form = urllib.parse.urlencode(fields)
     request = urllib.request.Request(f"{base}/api/v1/auth/token", data=form.encode())
     with urllib.request.urlopen(request, timeout=30) as answer:
         token = json.load(answer)["access_token"]
