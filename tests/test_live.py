@@ -127,6 +127,14 @@ def test_jwt_service_over_http(copie: Any) -> None:
         newest = {"refresh_token": rotated[1]["refresh_token"]}
         after_reuse = http("POST", "/api/v1/auth/refresh", json_body=newest)
         anonymous = http("GET", "/api/v1/users/me")
+        narrow = http(
+            "POST", "/api/v1/auth/token", form=login | {"scope": "items:read"}
+        )
+        reader = {"Authorization": f"Bearer {narrow[1]['access_token']}"}
+        read = http("GET", "/api/v1/items", headers=reader)
+        written = http(
+            "POST", "/api/v1/items", json_body={"name": "Vase"}, headers=reader
+        )
 
     assert registered[0] == 201
     assert status == 200
@@ -137,6 +145,10 @@ def test_jwt_service_over_http(copie: Any) -> None:
     assert reused[0] == 401
     assert after_reuse[0] == 401  # the reuse revoked the whole family
     assert anonymous[0] == 401
+    assert narrow[1]["scope"] == "items:read"
+    assert read[0] == 200
+    assert written[0] == 403
+    assert "items:write" in written[1]["error"]["message"]
 
 
 @pytest.mark.variant
@@ -156,6 +168,12 @@ def test_api_key_service_over_http(copie: Any) -> None:
         cli(project, "revoke-api-key", key.split(".")[0])
         revoked = http("GET", "/api/v1/items", headers=headers)
         probe = http("GET", "/health")
+        issued = cli(project, "create-api-key", "reader", "--scope", "items:read")
+        reader = {"X-API-Key": issued.strip().splitlines()[-1]}
+        read = http("GET", "/api/v1/items", headers=reader)
+        written = http(
+            "POST", "/api/v1/items", json_body={"name": "Vase"}, headers=reader
+        )
 
     assert created[0] == 201
     assert listed[0] == 200
@@ -164,6 +182,9 @@ def test_api_key_service_over_http(copie: Any) -> None:
     assert without[1]["error"]["code"] == "unauthorized"
     assert revoked[0] == 401
     assert probe[0] == 200
+    assert read[0] == 200
+    assert written[0] == 403
+    assert written[1]["error"]["code"] == "forbidden"
 
 
 def browse(url: str) -> str:
