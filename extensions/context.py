@@ -363,15 +363,15 @@ def summary(answers: Answers, flags: Mapping[str, bool]) -> str:
 
 def feature_errors(flags: Mapping[str, bool]) -> dict[str, list[int]]:
     """The error statuses every route of each feature may answer with."""
-    # A credential may be refused (401), or lack the route's scope (403).
-    guarded = [401, 403] if flags["has_auth"] else []
+    # A credential may be refused (401); a route that asks for a scope adds 403.
+    guarded = [401] if flags["has_auth"] else []
     jobs_on_server = flags["has_db"] or flags["has_queue"]
     # Every API route is rate limited (the health routes are not).
     limited = [429] if flags["has_rate_limit"] else []
     return {
         "health": [],
         "auth": [503, *limited],
-        "users": [401, 403, 503, *limited],
+        "users": [401, 503, *limited],
         "items": [*guarded, 503, *limited],
         "jobs": [*guarded, *([503] if jobs_on_server else []), *limited],
     }
@@ -543,6 +543,8 @@ def route_arguments(
         path = ("" if feature == "health" else f"/api/v1/{feature}") + path
         extra = [f'tags=["{feature}"]', *extra]
         codes = [*context["feature_errors"][feature], *codes]
+    if scope and context["has_auth"]:
+        codes.append(403)  # a credential without the scope
     if scope and context["has_api_key"]:
         extra.append(f"dependencies=[Security(require_api_key, scopes=[{scope}])]")
     return [json.dumps(path), *extra, *_responses(sorted(set(codes)), ok)]
@@ -1361,14 +1363,12 @@ def _derive(answers: Answers) -> dict[str, Any]:
             if background == "celery"
             else ["python", "-m", "app.worker"]
         ),
-        # The scopes migration: the table it adds them to, and the head it follows
-        # (the keys and progress branches' merge, the keys, the progress, items).
+        # The scopes migration: the table it adds them to, and what it follows: the
+        # keys' table, or the items' (the users' refresh tokens come before), never a
+        # jobs' migration, which may come later; with jobs, 0008 joins the branches.
         "scopes_table": "api_keys" if flags["has_api_key"] else "refresh_tokens",
-        "scopes_down_revision": (
-            ("0006" if flags["jobs_in_db"] else "0004")
-            if flags["api_keys_in_db"]
-            else ("0005" if flags["jobs_in_db"] else "0002")
-        ),
+        "scopes_down_revision": "0004" if flags["api_keys_in_db"] else "0002",
+        "jobs_head": "0006" if flags["api_keys_in_db"] else "0005",
         # The items migration follows the users' (JWT) or starts the history.
         "items_down_revision": "0001" if flags["has_jwt"] else None,
         # How migrations spell the column type of UTCDateTime, and what it imports.
@@ -1424,6 +1424,9 @@ def _derive(answers: Answers) -> dict[str, Any]:
             for flag, route in SCOPED_ROUTES
             if flags["has_auth"] and flags[flag]
         ],
+        # The routes that take a credential but need no scope (the generated
+        # tests/test_scopes.py checks there are no others), as a Python literal.
+        "unscoped_routes": repr([("GET", "/users/me")] if auth == "jwt" else []),
         # What tests/test_scopes.py does for each kind of credential.
         "scopes_tests": "template/_partials/scopes/tests."
         + ("jwt" if auth == "jwt" else "db" if has_db else "listed")

@@ -141,7 +141,7 @@ def test_a_route_on_a_router_leaves_the_prefix_and_feature_errors_to_it() -> Non
     )
     assert route == (
         "['\"\"', 'dependencies=[Security(require_api_key, scopes=[ITEMS_READ])]', "
-        "'responses=error_responses(422)']"
+        "'responses=error_responses(403, 422)']"
     )
     router = _render_call('{{ router_arguments("items") }}', answers)
     assert "require_api_key" not in router
@@ -156,7 +156,7 @@ def test_a_jwt_route_asks_for_its_scope_in_the_user_parameter() -> None:
     route = _render_call(
         '{{ route_arguments("items", "", scope="ITEMS_READ") }}', answers
     )
-    assert route == "['\"\"']"
+    assert route == "['\"\"', 'responses=error_responses(403)']"
     parameter = _render_call('{{ user_parameter("ITEMS_WRITE") }}', answers)
     assert parameter == "    user: ItemWriter,\n"
     imports = _render_call('{{ route_imports("items") }}', answers)

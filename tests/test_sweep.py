@@ -311,8 +311,11 @@ def check_render(answers: Answers, project: Path) -> None:
     assert ("SecurityScopes" in code) == has_auth
     assert ("insufficient_scope" in code) == has_auth
     assert (project / "tests" / "test_scopes.py").exists() == has_auth
-    scopes_column = project / "migrations" / "versions" / "0007_scopes.py"
-    assert scopes_column.exists() == (has_jwt or (has_api_key and has_db))
+    versions = project / "migrations" / "versions"
+    scopes_in_db = has_jwt or (has_api_key and has_db)
+    assert (versions / "0007_scopes.py").exists() == scopes_in_db
+    joined = (versions / "0008_scopes_and_jobs.py").exists()
+    assert joined == (scopes_in_db and has_jobs)
     assert ("API_KEYS" in (project / ".env.example").read_text()) == (
         has_api_key and not has_db
     )

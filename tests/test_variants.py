@@ -243,7 +243,7 @@ def fuzz_served(project: Path, answers: dict[str, str], env: dict[str, str]) -> 
         headers |= sign_in(base, answers)
         runs = [schemathesis(project, base, headers)]
         if narrow:
-            narrow_headers |= sign_in(base, answers, READ_SCOPES)
+            narrow_headers |= sign_in(base, answers, read_scopes(answers))
             runs.append(schemathesis(project, base, narrow_headers))
     finally:
         server.terminate()
@@ -277,20 +277,22 @@ def schemathesis(
     )
 
 
-# What a read-only credential carries: every read scope the variant may have.
-READ_SCOPES = ["items:read", "jobs:read"]
+def read_scopes(answers: dict[str, str]) -> list[str]:
+    """What a read-only credential carries: every read scope the variant has."""
+    return [
+        *(["items:read"] if answers["db_library"] != "none" else []),
+        *(["jobs:read"] if answers["background_tasks"] != "none" else []),
+    ]
 
 
 def read_only_credentials(
     project: Path, answers: dict[str, str], env: dict[str, str]
 ) -> dict[str, str]:
-    """A credential that may only read (a JWT user signs in with READ_SCOPES once
+    """A credential that may only read (a JWT user signs in with read_scopes() once
     the service is up, in sign_in)."""
     if answers["auth"] == "api_key" and answers["db_library"] != "none":
         cli = [uv(), "run", "--no-sync", "python", "-m", "app.cli", "create-api-key"]
-        scopes = ["--scope=items:read"]
-        if answers["background_tasks"] != "none":
-            scopes.append("--scope=jobs:read")
+        scopes = [f"--scope={scope}" for scope in read_scopes(answers)]
         created = run(*cli, "reader", *scopes, cwd=project, env=env)
         return {"X-API-Key": created.strip().splitlines()[-1]}
     if answers["auth"] == "api_key":
