@@ -1426,7 +1426,7 @@ def _derive(answers: Answers) -> dict[str, Any]:
         ],
         # The routes that take a credential but need no scope (the generated
         # tests/test_scopes.py checks there are no others), as a Python literal.
-        "unscoped_routes": repr([("GET", "/users/me")] if auth == "jwt" else []),
+        "unscoped_routes": '[("GET", "/users/me")]' if auth == "jwt" else "[]",
         # What tests/test_scopes.py does for each kind of credential.
         "scopes_tests": "template/_partials/scopes/tests."
         + ("jwt" if auth == "jwt" else "db" if has_db else "listed")
