@@ -533,18 +533,18 @@ def started(
                 process.wait()
 
 
-def run_a_job(project: Path, tool: str, env: dict[str, str], logs: Path) -> None:
-    """Start the API and a worker of ``tool``, submit a job, see it succeed."""
+@contextmanager
+def serving(
+    project: Path, log: Path, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """The service under uvicorn, once it answers; its base URL."""
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
     api = ["-m", "uvicorn", "app.main:app", "--port", str(port)]
-    worker_log, api_log = logs / f"{tool}-worker.log", logs / f"{tool}-api.log"
-    with ExitStack() as stack:
-        stack.enter_context(started(project, WORKERS[tool], env, worker_log))
-        server = stack.enter_context(started(project, api, env, api_log))
+    base = f"http://127.0.0.1:{port}"
+    with started(project, api, env or tool_env(), log) as server:
         deadline = time.monotonic() + JOB_WAIT_SECONDS
         while True:
-            assert server.poll() is None, api_log.read_text()[-3000:]
+            assert server.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the API did not start"
             try:
                 if call("GET", base + "/health")[0] == 200:
@@ -552,6 +552,16 @@ def run_a_job(project: Path, tool: str, env: dict[str, str], logs: Path) -> None
             except OSError:
                 pass
             time.sleep(0.1)
+        yield base
+
+
+def run_a_job(project: Path, tool: str, env: dict[str, str], logs: Path) -> None:
+    """Start the API and a worker of ``tool``, submit a job, see it succeed."""
+    worker_log, api_log = logs / f"{tool}-worker.log", logs / f"{tool}-api.log"
+    with ExitStack() as stack:
+        stack.enter_context(started(project, WORKERS[tool], env, worker_log))
+        base = stack.enter_context(serving(project, api_log, env))
+        deadline = time.monotonic() + JOB_WAIT_SECONDS
         status, job = call(
             "POST", base + "/api/v1/jobs", {"text": "four words to count"}
         )
@@ -641,26 +651,6 @@ def send(method: str, url: str, headers: dict[str, str], body: object = None) ->
             return status
     except urllib.error.HTTPError as error:
         return error.code
-
-
-@contextmanager
-def serving(project: Path, log: Path) -> Iterator[str]:
-    """The service under uvicorn, on its own database; its base URL."""
-    port = free_port()
-    api = ["-m", "uvicorn", "app.main:app", "--port", str(port)]
-    base = f"http://127.0.0.1:{port}"
-    with started(project, api, tool_env(), log) as server:
-        deadline = time.monotonic() + JOB_WAIT_SECONDS
-        while True:
-            assert server.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the API did not start"
-            try:
-                if call("GET", base + "/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
-        yield base
 
 
 ADMIN_PASSWORD = "a long passphrase for the admin"
