@@ -154,6 +154,10 @@ FEATURES: dict[str, Feature] = {
     "jobs": Feature("jobs", "job", "job", "jobs", "jobs"),
     # API keys are the auth package's business in the medium layout.
     "keys": Feature("auth", "api_key", "api_key", "api_keys", "api_keys"),
+    # So are service accounts (OAuth2 client credentials).
+    "clients": Feature(
+        "auth", "service_account", "service_account", "service_accounts", "clients"
+    ),
 }
 _FEATURE_PARTS = ("models", "schemas", "repository", "service", "routes")
 
@@ -216,14 +220,18 @@ CONCEPTS: tuple[tuple[str, str], ...] = (
     ("items_models", "has_db"),
     ("jobs_models", "has_jobs"),
     ("keys_models", "api_keys_in_db"),
+    ("clients_models", "has_clients"),
     ("users_schemas", "has_jwt"),
     ("auth_schemas", "has_jwt"),
     ("items_schemas", "has_db"),
     ("jobs_schemas", "has_jobs"),
+    ("clients_schemas", "has_clients"),
     ("users_repository", "has_jwt"),
     ("users_service", "has_jwt"),
     ("auth_repository", "has_jwt"),
     ("auth_service", "has_jwt"),
+    ("clients_repository", "has_clients"),
+    ("clients_service", "has_clients"),
     ("items_repository", "has_db"),
     ("items_service", "has_db"),
     ("jobs_repository", "has_jobs"),
@@ -298,6 +306,8 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
         },
     ),
     "keys_models": _PER_LIBRARY,
+    "clients_models": _PER_LIBRARY,
+    "clients_repository": _PER_LIBRARY,
     "keys_repository": _PER_LIBRARY,
     "worker": ("background", {"celery": "celery", "taskiq": "taskiq"}),
     # Without a database, the job store's dependency: one store per process, or
@@ -790,6 +800,7 @@ OPTIONS: tuple[Option, ...] = (
         ("settings", "env_example", "env", "kubernetes"),
     ),
     Option("keys/db", "api_keys_in_db", ("readme",)),
+    Option("clients", "has_clients", ("settings", "env_example", "readme")),
     Option("keys/listed", "api_keys_in_settings", ("readme",)),
     # Scopes, whatever the credential: the README's section on them.
     Option("scopes", "has_auth", ("readme",)),
@@ -1066,6 +1077,7 @@ class Answers:
     offline_docs: bool = False
     cache: str = "none"
     rate_limit: str = "none"
+    client_credentials: bool = False
 
     @classmethod
     def read(cls, context: Mapping[str, Any]) -> Answers:
@@ -1105,6 +1117,8 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "has_jwt": auth == "jwt",
         "has_api_key": auth == "api_key",
         "has_auth": auth != "none",
+        # Service accounts sign in with the OAuth2 client credentials grant.
+        "has_clients": auth == "jwt" and answers.client_credentials,
         # API keys live in a table with a database, in settings (API_KEYS) without.
         "api_keys_in_db": auth == "api_key" and has_db,
         "api_keys_in_settings": auth == "api_key" and not has_db,
@@ -1369,6 +1383,11 @@ def _derive(answers: Answers) -> dict[str, Any]:
         "scopes_table": "api_keys" if flags["has_api_key"] else "refresh_tokens",
         "scopes_down_revision": "0004" if flags["api_keys_in_db"] else "0002",
         "jobs_head": "0006" if flags["api_keys_in_db"] else "0005",
+        # How the token endpoint signs in: the password grant alone, or the client
+        # credentials grant too (macros of the same names).
+        "grants": "template/_partials/grants/"
+        + ("clients" if flags["has_clients"] else "password")
+        + "/",
         # The items migration follows the users' (JWT) or starts the history.
         "items_down_revision": "0001" if flags["has_jwt"] else None,
         # How migrations spell the column type of UTCDateTime, and what it imports.
@@ -1426,7 +1445,13 @@ def _derive(answers: Answers) -> dict[str, Any]:
         ],
         # The routes that take a credential but need no scope (the generated
         # tests/test_scopes.py checks there are no others), as a Python literal.
-        "unscoped_routes": '[("GET", "/users/me")]' if auth == "jwt" else "[]",
+        "unscoped_routes": (
+            '[("GET", "/users/me"), ("POST", "/auth/token")]'
+            if flags["has_clients"]
+            else '[("GET", "/users/me")]'
+            if auth == "jwt"
+            else "[]"
+        ),
         # What tests/test_scopes.py does for each kind of credential.
         "scopes_tests": "template/_partials/scopes/tests."
         + ("jwt" if auth == "jwt" else "db" if has_db else "listed")
