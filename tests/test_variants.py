@@ -4,6 +4,7 @@ coverage gate, its migrations and mypy --strict."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -81,8 +82,12 @@ CONTRACT_VARIANTS = first_of_each(contract_auth) | first_of_each(contract_engine
 
 # The fuzzer also runs with a credential that may only read, in the first variant of
 # each kind of credential: every write is then refused, as the schema says (403).
+# A service account's (client credentials) runs on each database server.
 def narrow_auth(answers: dict[str, str]) -> str | None:
     """The kind of credential, where there is one."""
+    engine = contract_engine(answers)
+    if answers.get("client_credentials") and engine in {"postgresql", "mysql"}:
+        return f"service_account_{engine}"
     if answers["auth"] != "api_key":
         return None if answers["auth"] == "none" else answers["auth"]
     return "api_key" if answers["db_library"] == "none" else "api_key_db"
@@ -228,6 +233,11 @@ def fuzz_served(project: Path, answers: dict[str, str], env: dict[str, str]) -> 
     headers = credentials(project, answers, env)
     narrow = variant_id(answers) in NARROW_VARIANTS
     narrow_headers = read_only_credentials(project, answers, env) if narrow else {}
+    account = (
+        issue_service_account(project, env, read_scopes(answers))
+        if narrow and answers.get("client_credentials")
+        else None
+    )
     port = free_port()
     server = subprocess.Popen(
         [uv(), "run", "--no-sync", "uvicorn", "app.main:app", "--port", str(port)],
@@ -242,8 +252,11 @@ def fuzz_served(project: Path, answers: dict[str, str], env: dict[str, str]) -> 
         wait_until_serving(base, server)
         headers |= sign_in(base, answers)
         runs = [schemathesis(project, base, headers)]
-        if narrow:
+        if account is not None:
+            narrow_headers |= sign_in_account(base, account, read_scopes(answers))
+        elif narrow:
             narrow_headers |= sign_in(base, answers, read_scopes(answers))
+        if narrow:
             runs.append(schemathesis(project, base, narrow_headers))
     finally:
         server.terminate()
@@ -343,6 +356,35 @@ def sign_in(
     with urllib.request.urlopen(request, timeout=30) as answer:
         token = json.load(answer)["access_token"]
     return {"Authorization": f"Bearer {token}"}
+
+
+def issue_service_account(
+    project: Path, env: dict[str, str], scopes: list[str]
+) -> tuple[str, str]:
+    """A service account of the fuzzer's admin with ``scopes``: its id and secret."""
+    cli = [uv(), "run", "--no-sync", "python", "-m", "app.cli"]
+    command = [*cli, "create-service-account", "fuzzer", "--owner=fuzz@example.com"]
+    created = run(*command, *(f"--scope={s}" for s in scopes), cwd=project, env=env)
+    client_id = re.findall(r"Client id: (\S+)", created)[0]
+    return client_id, created.strip().splitlines()[-1]
+
+
+def sign_in_account(
+    base: str, account: tuple[str, str], scopes: list[str]
+) -> dict[str, str]:
+    """A service account's headers, from the client credentials grant over HTTP:
+    an access token alone, with the account's scopes."""
+    basic = base64.b64encode(":".join(account).encode()).decode()
+    request = urllib.request.Request(
+        f"{base}/api/v1/auth/token",
+        data=b"grant_type=client_credentials",
+        headers={"Authorization": f"Basic {basic}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        token = json.load(answer)
+    assert "refresh_token" not in token
+    assert token["scope"].split() == sorted(scopes)
+    return {"Authorization": f"Bearer {token['access_token']}"}
 
 
 def wait_until_serving(base: str, server: subprocess.Popen[str]) -> None:
