@@ -322,6 +322,18 @@ def check_render(answers: Answers, project: Path) -> None:
     assert (project / "app" / "cli.py").exists() == (
         has_jwt or (has_api_key and has_db)
     )
+    # Service accounts (the client credentials grant): JWT only, and all or nothing.
+    clients = has_jwt and bool(answers.get("client_credentials"))
+    assert ("client_credentials" in code) == clients
+    assert ("class ServiceAccount" in code) == clients
+    assert ("create-service-account" in code) == clients
+    assert (
+        "CLIENT_TOKEN_EXPIRE_MINUTES" in (project / ".env.example").read_text()
+    ) == (clients)
+    assert (versions / "0009_service_accounts.py").exists() == clients
+    joined = (versions / "0010_service_accounts_and_jobs.py").exists()
+    assert joined == (clients and has_jobs and has_db)
+    assert (project / "tests" / "test_service_accounts.py").exists() == clients
     assert ("BackgroundTasks" in code) == (background == "fastapi")
     assert (project / "app" / "worker.py").exists() == has_queue
     assert ("from celery" in code) == (background == "celery")
