@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -17,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run, sync, tool_env, uv
+from tests.conftest import BROKER_URLS, run, sync, tool_env, uv
 
 STARTUP_SECONDS = 60
 
@@ -32,8 +34,9 @@ def free_port() -> int:
 class Http:
     """A tiny HTTP client: status, JSON body and headers of every call."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, server: subprocess.Popen[bytes]) -> None:
         self.base = base
+        self.server = server
 
     def __call__(
         self,
@@ -85,7 +88,7 @@ def serving(
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    http = Http(f"http://127.0.0.1:{port}")
+    http = Http(f"http://127.0.0.1:{port}", server)
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
@@ -102,6 +105,65 @@ def serving(
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+@pytest.mark.variant
+def test_stop_signal_ends_job_streams_and_the_server_stops(copie: Any) -> None:
+    # No worker runs: the job stays queued, and its follower's stream would stay
+    # open (the server waits for open responses before it stops).
+    answers = {"auth": "none", "background_tasks": "celery", "broker": "redis"}
+    result = copie.copy(extra_answers=answers)
+    assert result.exit_code == 0, result.exception
+    project = result.project_dir
+    queue = f"live-{secrets.token_hex(4)}"
+    env = {
+        "BROKER_URL": BROKER_URLS["redis"],
+        "JOB_QUEUE": queue,
+        "JOB_EVENTS_REFRESH_SECONDS": "1",
+    }
+
+    try:
+        with serving(project, env=env) as http:
+            created, job = http("POST", "/api/v1/jobs", json_body={"text": "a b"})
+            events = f"{http.base}/api/v1/jobs/{job['id']}/events"
+            with urllib.request.urlopen(events, timeout=30) as stream:
+                first = stream.readline()
+                http.server.send_signal(signal.SIGTERM)
+                told = time.monotonic()
+                rest, ended = read_until_end(stream, told + 15)
+            assert ended, "the stream was still open 15 s after SIGTERM"
+            http.server.wait(timeout=30)
+            stopped = time.monotonic() - told
+            logged = (project / "server.log").read_text()
+    finally:
+        remove = f"from tests.test_worker import remove_queue; remove_queue({queue!r})"
+        run(
+            uv(),
+            *("run", "--no-sync", "python", "-c", remove),
+            cwd=project,
+            env=tool_env() | env | {"INTEGRATION_BROKER_URL": env["BROKER_URL"]},
+        )
+
+    assert created == 202
+    assert first.startswith(b"data: ")
+    assert b'"queued"' in first
+    assert b"data: " not in rest  # only keepalives, then the end
+    # A graceful stop: the lifespan ended (uvicorn then exits by the signal it got).
+    assert "Application shutdown complete" in logged, logged
+    # Within a refresh (1 s) and uvicorn's own steps, not when the job ends.
+    assert stopped < 10
+
+
+def read_until_end(stream: Any, deadline: float) -> tuple[bytes, bool]:
+    """What a response sends until it ends, or until ``deadline``; whether it ended
+    (a stream's keepalives never let a read time out)."""
+    received = b""
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            return received, True
+        received += line
+    return received, False
 
 
 def cli(project: Path, *args: str) -> str:
