@@ -381,6 +381,58 @@ def test_kubernetes_manifests_come_and_go_with_copier_update(
 
 
 @pytest.mark.variant
+def test_switching_service_accounts_on_then_off_keeps_the_database_in_step(
+    template: Snapshot, tmp_path: Path
+) -> None:
+    project = generate(template, tmp_path / "service", {}, template.tag)
+    sync(project)
+    commit_all(project, "Lock")
+    # A database in use, with jobs (0010 joins the accounts to their migrations).
+    run(uv(), "run", "--no-sync", "alembic", "upgrade", "head", cwd=project)
+
+    update(project, template, client_credentials="true")
+    commit_all(project, "Service accounts on")
+
+    assert_no_conflicts(project)
+    versions = project / "migrations" / "versions"
+    assert (versions / "0009_service_accounts.py").exists()
+    assert (versions / "0010_service_accounts_and_jobs.py").exists()
+    run(uv(), "run", "--no-sync", "alembic", "upgrade", "head", cwd=project)
+    run(uv(), "run", "--no-sync", "alembic", "check", cwd=project)
+    cli = [uv(), "run", "--no-sync", "python", "-m", "app.cli"]
+    made = subprocess.run(
+        [*cli, "create-admin", "ops@example.com"],
+        cwd=project,
+        input="a long passphrase\n",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "Created admin" in made.stdout
+    created = run(
+        *cli, "create-service-account", "sync", "--owner=ops@example.com", cwd=project
+    )
+    assert "shown only once" in created
+    project_checks_pass(project)
+
+    # Switching off: first take the accounts' revisions, and only them, out of the
+    # database (docs/updating.md); the jobs' and the scopes' stay.
+    run(uv(), "run", "--no-sync", "alembic", "downgrade", "0009@0007", cwd=project)
+    update(project, template, client_credentials="false")
+
+    assert_no_conflicts(project)
+    assert not (versions / "0009_service_accounts.py").exists()
+    assert not (versions / "0010_service_accounts_and_jobs.py").exists()
+    assert (
+        "client_credentials" not in (project / "app" / "auth" / "router.py").read_text()
+    )
+    current = run(uv(), "run", "--no-sync", "alembic", "current", cwd=project)
+    assert "0008" in current
+    run(uv(), "run", "--no-sync", "alembic", "check", cwd=project)
+    run(uv(), "run", "--no-sync", "python", "-c", "import app.main", cwd=project)
+
+
+@pytest.mark.variant
 def test_switching_api_keys_on_migrates_a_database_in_use(
     template: Snapshot, tmp_path: Path
 ) -> None:
