@@ -156,7 +156,11 @@ FEATURES: dict[str, Feature] = {
     "keys": Feature("auth", "api_key", "api_key", "api_keys", "api_keys"),
     # So are service accounts (OAuth2 client credentials).
     "clients": Feature(
-        "auth", "service_account", "service_account", "service_accounts", "clients"
+        "auth",
+        "service_account",
+        "service_account",
+        "service_accounts",
+        "service_accounts",
     ),
 }
 _FEATURE_PARTS = ("models", "schemas", "repository", "service", "routes")
