@@ -34,8 +34,11 @@ def free_port() -> int:
 class Http:
     """A tiny HTTP client: status, JSON body and headers of every call."""
 
-    def __init__(self, base: str, server: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self, base: str, server: subprocess.Popen[bytes] | None = None
+    ) -> None:
         self.base = base
+        # The process that serves it, where this module started one.
         self.server = server
 
     def __call__(
@@ -124,15 +127,17 @@ def test_stop_signal_ends_job_streams_and_the_server_stops(copie: Any) -> None:
 
     try:
         with serving(project, env=env) as http:
+            server = http.server
+            assert server is not None
             created, job = http("POST", "/api/v1/jobs", json_body={"text": "a b"})
             events = f"{http.base}/api/v1/jobs/{job['id']}/events"
             with urllib.request.urlopen(events, timeout=30) as stream:
                 first = stream.readline()
-                http.server.send_signal(signal.SIGTERM)
+                server.send_signal(signal.SIGTERM)
                 told = time.monotonic()
                 rest, ended = read_until_end(stream, told + 15)
             assert ended, "the stream was still open 15 s after SIGTERM"
-            http.server.wait(timeout=30)
+            server.wait(timeout=30)
             stopped = time.monotonic() - told
             logged = (project / "server.log").read_text()
     finally:
